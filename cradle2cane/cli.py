@@ -1,0 +1,200 @@
+"""``cradle2cane`` command line: ``tiny``, ``age`` and the commands other modules register.
+
+Every failure on bad input ends with a non-zero exit and one readable line on stderr (the full
+traceback only with ``--debug``); outputs are written to temporary names and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+logger = logging.getLogger("cradle2cane")
+
+# Modules that add a sub-command through ``register(subparsers)``; each sets ``func`` on its parser.
+PLUGIN_COMMANDS = ("cradle2cane.bench", "cradle2cane.evaluate")
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every command that loads the models shares."""
+    parser.add_argument("--models", required=True, type=Path, help="models folder (see the README's model table)")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="SDXL-Turbo diffusers folder or single .safetensors file (default: found in --models)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                        help="weights precision (default: fp16 on CUDA, fp32 on CPU)")
+
+
+def load_model(args: argparse.Namespace):
+    from .pipeline import Cradle2Cane
+
+    return Cradle2Cane.from_pretrained(args.models, base=args.base, device=args.device, dtype=_dtype(args.dtype))
+
+
+def _cmd_tiny(args: argparse.Namespace) -> int:
+    from .tiny import write_tiny_models
+
+    out = write_tiny_models(args.dir, seed=args.seed, overwrite=args.overwrite)
+    print(out)
+    return 0
+
+
+def _parse_face(value: str):
+    if value in ("all", "largest"):
+        return value
+    try:
+        index = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--face must be all, largest or a face number, got {value!r}") from None
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"--face must be >= 0, got {index}")
+    return index
+
+
+def _output_paths(out: Path, image: Path, target_ages: Sequence[int]) -> list[Path]:
+    """One file for one age; a folder of ``<stem>_<age>.png`` for several."""
+    if len(target_ages) == 1:
+        if out.is_dir():
+            return [out / f"{image.stem}_{target_ages[0]}.png"]
+        return [out]
+    if out.suffix and not out.is_dir():
+        raise UsageError(f"--out {out} looks like a file, but {len(target_ages)} target ages need a folder")
+    return [out / f"{image.stem}_{age}.png" for age in target_ages]
+
+
+def _cmd_age(args: argparse.Namespace) -> int:
+    from .images import save_image_atomic, to_tensor, to_uint8
+    from .passes import check_age, check_gender
+
+    targets = [check_age(a, "--target-age") for a in args.target_age]
+    if args.source_age is not None:
+        check_age(args.source_age, "--source-age")
+    if args.gender is not None:
+        args.gender = check_gender(args.gender, "--gender")
+    outputs = _output_paths(args.out, args.image, targets)
+    from .face import load_image
+
+    photo, alpha = load_image(args.image)
+    model = load_model(args)
+    progress = _progress_bar(args)
+    if args.aligned:
+        if args.source_age is None or args.gender is None:
+            raise UsageError("--aligned needs --source-age and --gender (there is no detection to estimate them)")
+        result = model(to_tensor(photo), targets, args.source_age, args.gender, seed=args.seed,
+                       strength=args.strength, id_strength=args.id_strength, callback=progress)
+        images = [to_uint8(img) for img in result.images]
+    else:
+        from .photo import age_photo
+
+        images = age_photo(model, photo, targets, models_dir=args.models, source_age=args.source_age,
+                           gender=args.gender, face=args.face, seed=args.seed, strength=args.strength,
+                           id_strength=args.id_strength, alpha=alpha, callback=progress,
+                           det_size=args.det_size, det_thresh=args.det_thresh)
+    for image, path in zip(images, outputs):
+        save_image_atomic(image, path)
+        print(path)
+    return 0
+
+
+def _progress_bar(args: argparse.Namespace) -> Callable[[int, int], None] | None:
+    if args.quiet:
+        return None
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(step: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False)
+        bar.update(step - bar.n)
+        if step >= total:
+            bar.close()
+
+    return update
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cradle2cane", description="Cradle2Cane lifespan face aging")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("tiny", help="write a tiny random model set (for tests and demos)")
+    tiny.add_argument("dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    tiny.set_defaults(func=_cmd_tiny)
+
+    age = sub.add_parser("age", help="age the face(s) in a photo, or an aligned face with --aligned")
+    age.add_argument("image", type=Path)
+    add_model_arguments(age)
+    age.add_argument("--target-age", type=int, action="append", required=True,
+                     help="target age in years, 0..100 (repeat for several)")
+    age.add_argument("--source-age", type=int, default=None, help="age of the input face (default: estimated)")
+    age.add_argument("--gender", default=None, help="male or female (default: estimated)")
+    age.add_argument("--seed", type=int, default=0)
+    age.add_argument("--strength", type=float, default=None, help="override the AdaNI pass-1 strength (0..1]")
+    age.add_argument("--id-strength", type=float, default=None, help="override the pass-2 strength (0..1]")
+    age.add_argument("--aligned", action="store_true", help="the input is already an FFHQ-aligned face crop")
+    age.add_argument("--face", type=_parse_face, default="largest", help="all, largest (default) or a face number")
+    age.add_argument("--det-size", type=int, default=640, help="face detector input size")
+    age.add_argument("--det-thresh", type=float, default=0.5, help="face detector score threshold")
+    age.add_argument("--out", type=Path, required=True, help="output file (one age) or folder (several ages)")
+    age.add_argument("--quiet", action="store_true", help="no progress bar")
+    age.set_defaults(func=_cmd_age)
+
+    for name in PLUGIN_COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("cradle2cane: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one readable line; the traceback only with --debug
+        if args.debug:
+            raise
+        print(f"cradle2cane {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _quiet_libraries() -> None:
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

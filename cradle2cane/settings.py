@@ -1,0 +1,154 @@
+"""Typed view of a Cradle2Cane ``hparams.yml``.
+
+The released ``hparams.yml`` is the whole training configuration dumped to YAML. Inference needs a
+handful of its keys; the rest are known training keys that we accept silently. Keys we do not know
+are reported (a typo in a hand-edited file should not pass unnoticed) and missing keys fall back to
+the released defaults with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
+
+CLIP_MAP_METHODS = ("angle", "vector")
+
+
+class SettingsError(ValueError):
+    """A value in hparams.yml cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The inference-relevant part of hparams.yml, with the released defaults."""
+
+    t1: int = 10
+    t2: int = 30
+    one_threshold: bool = False
+    id_strength: float = 0.25
+    use_swr: bool = True
+    swr_alpha: float = 0.01
+    swr_beta: float = 1.1
+    clip_map_model: str = "angle"
+    infer_step: int = 4
+    resolution: int = 512
+    use_arcface_project: bool = True
+    use_clip_project: bool = True
+    face_project_use_hidden_state: bool = True
+    arcface_network: str = "r100"
+    rank: int = 40
+    lora_alpha: float | None = None
+    face_project_hidden_dim: int = 25088
+    face_project_output_dim: int = 2048
+    clip_project_input_dim: int = 768
+    clip_project_output_dim: int = 2048
+    face_project_save_name: str = "face_project.bin"
+    clip_project_save_name: str = "clip_project.bin"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.t1 <= self.t2 <= 100:
+            raise SettingsError(f"hparams.yml: need 0 <= t1 <= t2 <= 100, got t1={self.t1}, t2={self.t2}")
+        if not 0.0 < self.id_strength <= 1.0:
+            raise SettingsError(f"hparams.yml: id_strength must be in (0, 1], got {self.id_strength}")
+        if self.clip_map_model not in CLIP_MAP_METHODS:
+            raise SettingsError(
+                f"hparams.yml: clip_map_model must be one of {CLIP_MAP_METHODS}, got {self.clip_map_model!r}"
+            )
+        if self.infer_step < 1:
+            raise SettingsError(f"hparams.yml: infer_step must be >= 1, got {self.infer_step}")
+        if self.resolution < 64 or self.resolution % 8:
+            raise SettingsError(f"hparams.yml: resolution must be a multiple of 8 >= 64, got {self.resolution}")
+        if not self.use_arcface_project or not self.use_clip_project or not self.face_project_use_hidden_state:
+            raise SettingsError(
+                "hparams.yml: this implementation needs use_arcface_project, use_clip_project and "
+                "face_project_use_hidden_state all true (the released configuration)"
+            )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "hparams.yml") -> "Settings":
+        """Build settings from a parsed YAML mapping, warning about unknown and missing keys."""
+        own = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(own) - KNOWN_TRAINING_KEYS)
+        if unknown:
+            logger.warning("%s: ignoring unknown keys %s", source, ", ".join(unknown))
+        missing = sorted(k for k in REQUIRED_FOR_INFERENCE if k not in values)
+        if missing:
+            logger.warning("%s: missing keys %s; using the released defaults", source, ", ".join(missing))
+        kwargs: dict[str, Any] = {}
+        for name, f in own.items():
+            if name not in values or values[name] is None:
+                continue
+            kwargs[name] = _coerce(values[name], f.type, name, source)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Settings":
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise SettingsError(f"{path}: cannot read hparams.yml ({exc})") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise SettingsError(f"{path}: expected a YAML mapping of settings, got {type(data).__name__}")
+        return cls.from_mapping(data, source=str(path))
+
+    def to_mapping(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: str, name: str, source: str) -> Any:
+    kind = annotation.split("|")[0].strip()
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{source}: {name} must be {kind}, got {value!r}") from None
+
+
+# Keys the inference code needs to see; absent ones get defaults and a warning.
+REQUIRED_FOR_INFERENCE = frozenset({"t1", "t2", "id_strength", "use_swr", "swr_alpha", "swr_beta", "clip_map_model"})
+
+# Keys of the reference training configuration that inference does not use.
+KNOWN_TRAINING_KEYS = frozenset(
+    """
+    pretrained_model_name_or_path pretrained_vae_model_name_or_path arcface_weight clip_L_path lpips_model_path
+    age_model_path train_data_list lpips_net revision dataset_name center_crop random_flip max_load_num
+    train_batch_size num_train_epochs max_train_steps learning_rate scale_lr lr_scheduler lr_warmup_steps
+    gradient_accumulation_steps gradient_checkpointing mixed_precision variant pixel_mse_loss_weight
+    lpips_loss_weight ssim_loss_weight id_cos_loss_weight age_loss_weight age_loss_2_weight g_loss_weight
+    start_g_loss_weigth end_g_loss_weigth d_loss_weight d_loss_update_step min_age max_age same_age_rate
+    age_scale aged_strength all_strength gender_strength use_avg sort use_four_image_swr use_gan_loss
+    pixel_mse_loss_use_weight lpips_loss_use_weight use_adaptive_noise_inject prompt_mode age_sample_mode
+    use_8bit_adam adam_beta1 adam_beta2 adam_weight_decay adam_epsilon max_grad_norm train_text_encoder
+    snr_gamma prediction_type enable_xformers_memory_efficient_attention noise_offset allow_tf32
+    dataloader_num_workers output_dir checkpointing_steps checkpoints_total_limit resume_from_checkpoint
+    validation_image validation_target_age validation_target_gender num_validation_images validation_steps
+    push_to_hub hub_token hub_model_id logging_dir report_to debug_loss debug_index embedding_fuse_save_name
+    face_project_feature_dim seed local_rank config models_dir diffusion_loss_weight
+    id_cos_loss_weight_base age_loss_weight_base age_loss_2_weight_base
+    """.split()
+)

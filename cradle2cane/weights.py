@@ -1,0 +1,176 @@
+"""Where each released file lives, and loading it with errors that say how to fix things.
+
+Standalone layout (the reference README's ``models/``, also the ComfyUI ``models/cradle2cane``)::
+
+    models/
+      sdxl-turbo/                 diffusers folder   (or a single file, see BASE_SINGLE_FILES)
+      sdxl-vae-fp16-fix/          optional, diffusers AutoencoderKL folder
+      clip-vit-large-patch14/     transformers folder (both towers + tokenizer)
+      backbone.pth                ArcFace iResNet state dict
+      Cradle2Cane/                pytorch_lora_weights.safetensors, face_project.bin,
+                                  clip_project.bin, hparams.yml
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+HF = "https://huggingface.co"
+BASE_DIR = "sdxl-turbo"
+BASE_SINGLE_FILES = ("sd_xl_turbo_1.0_fp16.safetensors", "sd_xl_turbo_1.0.safetensors")
+VAE_DIR = "sdxl-vae-fp16-fix"
+CLIP_DIR = "clip-vit-large-patch14"
+ARCFACE_FILE = "backbone.pth"
+C2C_DIR = "Cradle2Cane"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+HPARAMS_FILE = "hparams.yml"
+
+SOURCES = {
+    BASE_DIR: f"{HF}/stabilityai/sdxl-turbo (huggingface-cli download stabilityai/sdxl-turbo --local-dir models/sdxl-turbo)",
+    "single": f"{HF}/stabilityai/sdxl-turbo/blob/main/sd_xl_turbo_1.0_fp16.safetensors",
+    VAE_DIR: f"{HF}/madebyollin/sdxl-vae-fp16-fix (huggingface-cli download madebyollin/sdxl-vae-fp16-fix --local-dir models/sdxl-vae-fp16-fix)",
+    CLIP_DIR: f"{HF}/openai/clip-vit-large-patch14 (huggingface-cli download openai/clip-vit-large-patch14 --local-dir models/clip-vit-large-patch14)",
+    C2C_DIR: f"{HF}/byliutao/Cradle2Cane (huggingface-cli download byliutao/Cradle2Cane --local-dir models)",
+}
+
+
+class ModelFileError(FileNotFoundError):
+    """A model file is missing or does not have the expected content."""
+
+
+def source_of(name: str) -> str:
+    return SOURCES.get(name, SOURCES[C2C_DIR])
+
+
+def missing(path: Path, searched: Path, expected: str, source: str) -> ModelFileError:
+    return ModelFileError(
+        f"{path.name} not found in {searched} (expected {expected}). Get it from {source}."
+    )
+
+
+def mismatch(path: Path, problem: str, source: str) -> ModelFileError:
+    return ModelFileError(f"{path}: {problem}. Re-download it from {source}.")
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """The files of one Cradle2Cane installation, resolved and checked to exist."""
+
+    base: Path
+    base_config: Path | None
+    vae: Path | None
+    clip: Path
+    arcface: Path
+    lora: Path
+    face_projector: Path
+    clip_projector: Path
+    hparams: Path | None
+
+    @classmethod
+    def resolve(cls, models_dir: str | Path, base: str | Path | None = None,
+                cradle2cane_dir: str | Path | None = None, base_config: str | Path | None = None) -> "ModelPaths":
+        """Find every file under ``models_dir``; ``base``/``cradle2cane_dir`` override their parts."""
+        root = Path(models_dir).expanduser()
+        if not root.is_dir():
+            raise ModelFileError(f"models folder {root} does not exist. Create it and download the "
+                                 f"models into it (see the README's model table).")
+        c2c = Path(cradle2cane_dir).expanduser() if cradle2cane_dir else root / C2C_DIR
+        if not c2c.is_dir() and (root / LORA_FILE).is_file():
+            c2c = root  # the Cradle2Cane files directly in the given folder
+        base_path = Path(base).expanduser() if base else cls._find_base(root)
+        if not base_path.exists():
+            raise missing(base_path, base_path.parent, "an SDXL-Turbo diffusers folder or single-file checkpoint",
+                          source_of(BASE_DIR))
+        config = None
+        if base_path.is_file():
+            # A single file carries no configs: the tiny test set ships its own beside it;
+            # otherwise the published SDXL-Turbo configs bundled with this package are used.
+            candidate = Path(base_config) if base_config else root / BASE_DIR
+            config = candidate if (candidate / "model_index.json").is_file() else None
+        elif not (base_path / "model_index.json").is_file():
+            raise missing(base_path / "model_index.json", base_path, "a diffusers SDXL-Turbo folder", source_of(BASE_DIR))
+        clip = root / CLIP_DIR
+        if not (clip / "config.json").is_file():
+            raise missing(clip / "config.json", clip, "the openai/clip-vit-large-patch14 transformers folder",
+                          source_of(CLIP_DIR))
+        arcface = root / ARCFACE_FILE
+        if not arcface.is_file() and (c2c / ARCFACE_FILE).is_file():
+            arcface = c2c / ARCFACE_FILE
+        files = {}
+        for key, folder, name, expected in (
+            ("arcface", arcface.parent, arcface.name, "the ArcFace iResNet-100 state dict"),
+            ("lora", c2c, LORA_FILE, "the Cradle2Cane identity LoRA"),
+            ("face_projector", c2c, "face_project.bin", "the face projector state dict"),
+            ("clip_projector", c2c, "clip_project.bin", "the CLIP projector state dict"),
+        ):
+            path = folder / name
+            if not path.is_file():
+                raise missing(path, folder, expected, source_of(C2C_DIR))
+            files[key] = path
+        hparams = c2c / HPARAMS_FILE
+        vae = root / VAE_DIR
+        return cls(base=base_path, base_config=config, vae=vae if (vae / "config.json").is_file() else None,
+                   clip=clip, hparams=hparams if hparams.is_file() else None, **files)
+
+    @staticmethod
+    def _find_base(root: Path) -> Path:
+        if (root / BASE_DIR / "model_index.json").is_file():
+            return root / BASE_DIR
+        for name in BASE_SINGLE_FILES:
+            if (root / name).is_file():
+                return root / name
+        raise ModelFileError(
+            f"no SDXL-Turbo base found in {root}: expected the folder {BASE_DIR}/ or one of "
+            f"{', '.join(BASE_SINGLE_FILES)}. Get it from {source_of(BASE_DIR)} or {source_of('single')}."
+        )
+
+
+def load_pickle_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
+    """A torch state dict from a pickle, never executing code (weights_only=True)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
+        raise mismatch(path, f"cannot be read as a weights-only torch state dict ({type(exc).__name__}: {exc})",
+                       source) from exc
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise mismatch(path, "is not a state dict of tensors", source)
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
+
+
+def load_state_dict_file(path: Path, source: str) -> dict[str, torch.Tensor]:
+    """Safetensors or weights-only pickle, by extension."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise mismatch(path, f"is not a readable safetensors file ({exc})", source) from exc
+    return load_pickle_state_dict(path, source)
+
+
+def check_shapes(path: Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+                 source: str, what: str) -> None:
+    """Raise one error listing every missing, unexpected or wrongly shaped key."""
+    problems = []
+    absent = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if absent:
+        problems.append(f"missing keys {absent[:6]}{' ...' if len(absent) > 6 else ''}")
+    if extra:
+        problems.append(f"unexpected keys {extra[:6]}{' ...' if len(extra) > 6 else ''}")
+    wrong = [f"{k}: {tuple(state[k].shape)} != expected {shape}" for k, shape in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(shape)]
+    if wrong:
+        problems.append("wrong shapes " + "; ".join(wrong[:4]) + (" ..." if len(wrong) > 4 else ""))
+    if problems:
+        raise mismatch(path, f"does not match {what}: " + ", ".join(problems), source)
