@@ -108,7 +108,11 @@ class EncodedImages:
 
 
 class Img2ImgSampler:
-    """SDXL img2img with per-item generators over a pipeline's components."""
+    """SDXL img2img with per-item generators over a pipeline's components.
+
+    Gradients follow torch's current mode: inference wraps calls in ``torch.no_grad()``, training
+    backpropagates through the steps and the VAE decode.
+    """
 
     def __init__(self, pipe, steps: int = 4) -> None:
         self.pipe = pipe
@@ -125,7 +129,6 @@ class Img2ImgSampler:
     def _vae_dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> EncodedImages:
         """images: [B,3,H,W] in 0..1."""
         vae = self.vae
@@ -134,7 +137,6 @@ class Img2ImgSampler:
         dist = vae.encode(x).latent_dist
         return EncodedImages(dist.mean, dist.std)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.vae
         param = next(vae.parameters())
@@ -152,7 +154,6 @@ class Img2ImgSampler:
         scheduler.set_begin_index(t_start * scheduler.order)
         return scheduler, scheduler.timesteps[t_start * scheduler.order:]
 
-    @torch.no_grad()
     def run(
         self,
         encoded: EncodedImages,

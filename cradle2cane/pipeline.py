@@ -178,6 +178,7 @@ class Cradle2Cane:
         s = self.settings
         return adani_strength(abs(target_age - source_age), s.t1, s.t2, s.one_threshold)
 
+    @torch.no_grad()
     def first_pass(self, faces: torch.Tensor, target_ages: int | Sequence[int], source_ages: int | Sequence[int],
                    genders: str | Sequence[str], seed: int | Sequence[int] = 0, strength: float | None = None,
                    callback: StepCallback | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -241,6 +242,7 @@ class Cradle2Cane:
         index = torch.tensor([unique.index(p) for p in prompts], device=embeds.device)
         return embeds[index], pooled[index]
 
+    @torch.no_grad()
     def _decode(self, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
         return torch.cat([self.sampler.decode(latents[i:i + batch_size]).cpu()
                           for i in range(0, latents.shape[0], batch_size)])
@@ -280,6 +282,7 @@ class Cradle2Cane:
 
     # ------------------------------------------------------------------ pass 2
 
+    @torch.no_grad()
     def second_pass(self, first: FirstPassOutput, conditioning: torch.Tensor, aged: torch.Tensor | None = None,
                     seed: int | Sequence[int] | None = None, id_strength: float | None = None,
                     callback: StepCallback | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
