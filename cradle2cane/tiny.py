@@ -94,6 +94,9 @@ def build_base(vocab_size: int, seed: int):
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
         prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1)
+    # Fresh modules are in train mode, where some layers differ slightly from inference.
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.eval()
     return unet, vae, text_encoder, text_encoder_2, scheduler
 
 
