@@ -8,6 +8,7 @@ seeded with the face's seed, so one face aged to 70 alone equals the 70 of a swe
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -353,6 +354,14 @@ def load_clip(folder: Path, dtype: torch.dtype):
 
 def load_base(paths: W.ModelPaths, clip_tokenizer, dtype: torch.dtype):
     """SDXL-Turbo img2img pipeline from a diffusers folder or a single-file checkpoint."""
+
+    with warnings.catch_warnings():
+        # diffusers 0.36+ renames torch_dtype to dtype; the old name works in every version we support
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        return _load_base(paths, clip_tokenizer, dtype)
+
+
+def _load_base(paths: W.ModelPaths, clip_tokenizer, dtype: torch.dtype):
     from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
 
     vae = None
