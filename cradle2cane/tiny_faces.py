@@ -42,10 +42,11 @@ landmarks the detector will report (within a few pixels).  An all-black or
 grey image has no skin and so no face.  Keep faces at least one face width
 apart (edge to edge) so that one face's window does not see the next one.
 
-The genderage model looks at the central half of its 96x96 crop: age is
+The genderage model looks at the central quarter (24x24) of its 96x96 crop,
+which lies inside the face: age is
 ``10 + 70 * mean brightness`` years (0..1 brightness), gender is male when the
 mean red minus blue difference exceeds 65 (of 255): :data:`FACE_RGB` gives a
-male of about 61, :data:`FEMALE_FACE_RGB` a female of about 62.
+male of 61, :data:`FEMALE_FACE_RGB` a female of 62.
 """
 
 from __future__ import annotations
@@ -123,11 +124,10 @@ class _GraphBuilder:
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> Any:
+    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
         name = self._name(op_type)
-        outputs = [f"{name}_out{i}" for i in range(n_out)]
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, outputs, name=name, **attrs))
-        return outputs[0] if n_out == 1 else outputs
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [f"{name}_out"], name=name, **attrs))
+        return f"{name}_out"
 
     def output(self, tensor: str, name: str) -> str:
         """Expose ``tensor`` under the graph output name ``name``."""
@@ -254,13 +254,13 @@ def _detector_model() -> Any:
 
 
 def _genderage_model() -> Any:
-    """Age from brightness, gender from red-minus-blue, of the crop centre."""
+    """Age from brightness, gender from red-minus-blue, of the centre of the crop."""
     g = _GraphBuilder("ga")
     onnx = g.onnx
     f32 = onnx.TensorProto.FLOAT
     x = "data"
     centre = g.op(
-        "Slice", [x, g.const([24, 24], np.int64), g.const([72, 72], np.int64), g.const([2, 3], np.int64)]
+        "Slice", [x, g.const([36, 36], np.int64), g.const([60, 60], np.int64), g.const([2, 3], np.int64)]
     )
     means = g.op("ReduceMean", [centre], axes=[2, 3], keepdims=0)  # [N,3], normalised
     pix = g.op("Add", [g.op("Mul", [means, g.const(128.0)]), g.const(127.5)])

@@ -1,0 +1,405 @@
+"""Faces in the wild: the planted insightface pack, detection, FFHQ alignment, paste-back, loading.
+
+Every test runs insightface's own router and SCRFD post-processing on the tiny planted pack
+(``cradle2cane.tiny_faces``): a face is a blob of skin colour, drawn with ``paint_face``.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cradle2cane import face as F
+from cradle2cane import tiny_faces as T
+
+BACKGROUND = (40, 60, 90)  # bluish grey: never skin
+
+
+@pytest.fixture(scope="module")
+def insightface_root(tmp_path_factory) -> Path:
+    """An ``insightface`` root in the ComfyUI layout: ``<root>/models/buffalo_l``."""
+    root = tmp_path_factory.mktemp("insightface")
+    T.write_insightface_pack(root / "models" / "buffalo_l", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def detector(insightface_root) -> F.FaceDetector:
+    return F.FaceDetector((insightface_root, "buffalo_l"), providers="cpu", det_size=640)
+
+
+def photo(width: int = 640, height: int = 480, *faces, blur: float = 0.0) -> np.ndarray:
+    """A plain photo with ``faces`` given as ((x, y), size[, colour])."""
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = BACKGROUND
+    for spec in faces:
+        T.paint_face(image, *spec)
+    if blur:
+        image = cv2.GaussianBlur(image, (0, 0), blur)
+    return image
+
+
+def centre(face: F.DetectedFace) -> np.ndarray:
+    return np.array([(face.bbox[0] + face.bbox[2]) / 2, (face.bbox[1] + face.bbox[3]) / 2])
+
+
+# --------------------------------------------------------------------------- the planted pack
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # insightface's own norm_crop on new scikit-image
+def test_pack_is_deterministic_and_routed_by_insightface(tmp_path, insightface_root):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    T.write_insightface_pack(a, seed=0)
+    T.write_insightface_pack(b, seed=0)
+    T.write_insightface_pack(c, seed=1)
+    names = sorted(p.name for p in a.glob("*.onnx"))
+    assert names == ["det_10g.onnx", "genderage.onnx", "w600k_r50.onnx"]
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / "w600k_r50.onnx").read_bytes() != (c / "w600k_r50.onnx").read_bytes()
+
+    from insightface.app import FaceAnalysis
+
+    app = FaceAnalysis(name="buffalo_l", root=str(insightface_root), providers=["CPUExecutionProvider"])
+    assert set(app.models) == {"detection", "genderage", "recognition"}
+    app.prepare(ctx_id=0, det_size=(640, 640))
+    image = photo(640, 480, ((320, 240), 150))
+    found = app.get(np.ascontiguousarray(image[:, :, ::-1]))
+    assert len(found) == 1
+    assert 10 <= found[0].age <= 80 and found[0].embedding.shape == (512,)
+    assert app.get(np.zeros((480, 640, 3), np.uint8)) == []
+
+
+def test_planted_detector_reports_known_landmarks(detector):
+    image = photo(640, 480, ((250, 230), 140), ((500, 200), 90, T.FEMALE_FACE_RGB))
+    faces = detector.detect(image)
+    assert len(faces) == 2
+    for face, (c, size) in zip(faces, [((250, 230), 140), ((500, 200), 90)]):
+        expected = T.expected_face(c, size)
+        np.testing.assert_allclose(face.kps, expected["kps"], atol=2.0)
+        np.testing.assert_allclose(face.bbox, expected["bbox"], atol=2.5)
+        eyes_y, nose_y, mouth_y = face.kps[:2, 1].mean(), face.kps[2, 1], face.kps[3:, 1].mean()
+        assert eyes_y < nose_y < mouth_y
+        assert face.kps[0, 0] < face.kps[2, 0] < face.kps[1, 0]
+        assert 0.5 < face.score <= 1.0
+        assert 10 <= face.age <= 80
+    assert [f.gender for f in faces] == ["male", "female"]
+    # different photos give different detections
+    moved = detector.detect(photo(640, 480, ((350, 260), 140)))
+    assert len(moved) == 1 and not np.allclose(moved[0].kps, faces[0].kps, atol=5)
+
+
+# --------------------------------------------------------------------------- alignment (pure)
+
+
+def test_ffhq_quad_matches_hand_computed_values():
+    # eye line dominates: x = (80, 0) scaled to 2 * |eye_to_eye| = 80, c = eye_avg + 0.1 * (0, 40)
+    kps = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]], float)
+    np.testing.assert_allclose(F.ffhq_quad(kps), [[40, 24], [40, 184], [200, 184], [200, 24]])
+    # eye-to-mouth dominates: scale 1.8 * 30 = 54, c = (5, 0) + (0, 3)
+    kps = np.array([[0, 0], [10, 0], [5, 15], [0, 30], [10, 30]], float)
+    np.testing.assert_allclose(F.ffhq_quad(kps), [[-49, -51], [-49, 57], [59, 57], [59, -51]])
+    # a face turned by 90 degrees gives the turned quad
+    turn = np.array([[0.0, -1.0], [1.0, 0.0]])
+    kps = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]], float)
+    np.testing.assert_allclose(F.ffhq_quad(kps @ turn.T), F.ffhq_quad(kps) @ turn.T, atol=1e-9)
+    with pytest.raises(ValueError, match="5 finite"):
+        F.ffhq_quad(np.zeros((4, 2)))
+
+
+def test_quad_matrix_maps_quad_to_crop_corners():
+    quad = np.array([[40, 24], [40, 184], [200, 184], [200, 24]], float)
+    matrix = F.quad_matrix(quad, 512)
+    corners = np.hstack([quad, np.ones((4, 1))]) @ matrix.T
+    np.testing.assert_allclose(corners, [[-0.5, -0.5], [-0.5, 511.5], [511.5, 511.5], [511.5, -0.5]], atol=1e-9)
+
+
+def test_align_face_output_and_reflect_padding():
+    image = np.empty((300, 400, 3), np.uint8)
+    image[:] = (200, 210, 220)
+    image[:, :200] = (150, 160, 170)
+    kps = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]], float)
+    aligned = F.align_face(image, kps, size=128)
+    assert aligned.image.shape == (128, 128, 3) and aligned.image.dtype == np.float32
+    assert aligned.photo_size == (300, 400) and aligned.size == 128
+    # a face in the corner: the quad leaves the photo, reflection fills it (no black)
+    corner = F.align_face(image, kps - 95, size=128)
+    assert corner.quad.min() < 0
+    assert corner.image.min() > 0.5
+    # a float grey photo works the same
+    grey = F.align_face(image[:, :, 0].astype(np.float32) / 255.0, kps, size=64)
+    assert grey.image.shape == (64, 64, 3)
+
+
+# --------------------------------------------------------------------------- detect -> align -> paste
+
+
+def _aligned_coordinates(face: F.AlignedFace, shape) -> np.ndarray:
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    points = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
+    return points @ face.matrix.T  # photo pixel -> aligned pixel
+
+
+def test_round_trip_is_lossless_outside_mask_and_close_inside(detector):
+    image = photo(640, 480, ((300, 250), 160), blur=6.0)
+    faces = detector.find(image)
+    aligned = F.align_face(image, faces[0], size=512)
+    out = F.paste_back(image, aligned.image, aligned)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+
+    coords = _aligned_coordinates(aligned, image.shape)
+    radius = np.hypot(coords[..., 0] - 255.5, coords[..., 1] - 255.5)
+    outside = radius > 0.9 * 256 + 2
+    assert np.array_equal(out[outside], image[outside])
+    core = radius < 0.6 * 256
+    error = np.abs(out.astype(int) - image.astype(int))[core]
+    assert error.mean() < 0.6 and error.max() <= 4
+
+    # an edited face does change the face, and only there
+    aged = 1.0 - aligned.image
+    changed = F.paste_back(image, aged, aligned, color_match="none")
+    assert np.array_equal(changed[outside], image[outside])
+    assert np.abs(changed.astype(int) - image.astype(int))[core].mean() > 50
+
+
+def test_paste_back_float_rgba_resolution_and_colour_match(detector):
+    image = photo(400, 300, ((200, 150), 110), blur=3.0)
+    faces = detector.find(image)
+    aligned = F.align_face(image, faces[0], size=256)
+    coords = _aligned_coordinates(aligned, image.shape)
+    radius = np.hypot(coords[..., 0] - 127.5, coords[..., 1] - 127.5)
+    outside = radius > 0.9 * 128 + 2
+
+    rgba = np.dstack([image, np.arange(300 * 400).reshape(300, 400) % 256]).astype(np.uint8)
+    small = cv2.resize(aligned.image, (128, 128), interpolation=cv2.INTER_AREA)  # another resolution
+    tinted = np.clip(small + np.array([0.0, 0.0, 0.2], np.float32), 0, 1)
+    out = F.paste_back(rgba, tinted, aligned)
+    assert out.shape == rgba.shape and np.array_equal(out[:, :, 3], rgba[:, :, 3])
+    assert np.array_equal(out[outside], rgba[outside])
+    # the default colour match removes a global tint measured at the seam
+    untouched = F.paste_back(rgba, tinted, aligned, color_match="none")
+    core = radius < 0.5 * 128
+    blue_shift = lambda x: (x[:, :, 2].astype(float) - image[:, :, 2])[core].mean()  # noqa: E731
+    assert blue_shift(untouched) > 45 and abs(blue_shift(out)) < 5
+
+    floats = image.astype(np.float32) / 255.0
+    out = F.paste_back(floats, aligned.image, aligned, mask_scale=0.8, feather=0.05, color_match="mean_std")
+    assert out.dtype == np.float32 and out.max() <= 1.0
+    assert np.array_equal(out[outside], floats[outside])
+    with pytest.raises(ValueError, match="aligned from a 400x300 photo"):
+        F.paste_back(image[:100], aligned.image, aligned)
+
+
+def test_multi_face_order_selection_and_paste(detector):
+    specs = [((520, 240), 90), ((110, 250), 150), ((320, 230), 60)]
+    image = photo(640, 480, *specs, blur=1.5)
+    faces = detector.detect(image)
+    assert [f.index for f in faces] == [0, 1, 2]
+    xs = [centre(f)[0] for f in faces]
+    assert xs == sorted(xs) and abs(xs[0] - 110) < 3 and abs(xs[2] - 520) < 3
+
+    assert F.select_faces(faces, "largest")[0].index == 0  # the 150px face on the left
+    assert [f.index for f in F.select_faces(faces, "all")] == [0, 1, 2]
+    assert F.select_faces(faces, 1)[0].index == 1
+    assert F.select_faces(faces, -1)[0].index == 2
+    with pytest.raises(ValueError, match="only 3 face"):
+        F.select_faces(faces, 3)
+
+    chosen = detector.find(image, "all")
+    aligned = F.align_faces(image, chosen, size=256)
+    assert [a.face_index for a in aligned] == [0, 1, 2]
+    out = F.paste_back_many(image, [1.0 - a.image for a in aligned], aligned, color_match="none")
+    for face in chosen:  # every face centre changed
+        x, y = np.round(centre(face)).astype(int)
+        assert np.abs(out[y, x].astype(int) - image[y, x].astype(int)).max() > 60
+    assert np.array_equal(out[:5], image[:5]) and np.array_equal(out[-5:], image[-5:])
+
+
+def test_real_photo_end_to_end(detector):
+    from skimage import data
+
+    image = data.astronaut()
+    faces = detector.find(image, image_name="astronaut.png")
+    assert len(faces) == 1
+    cx, cy = centre(faces[0])
+    assert 180 < cx < 260 and 80 < cy < 170  # the astronaut's face
+    aligned = F.align_face(image, faces[0], size=512)
+    older = np.clip(aligned.image * 0.8 + 0.1, 0, 1)
+    out = F.paste_back(image, older, aligned)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, image)
+    assert np.array_equal(out[400:], image[400:])
+
+
+# --------------------------------------------------------------------------- hard photos
+
+
+def test_no_face_raises_with_image_and_index(detector):
+    with pytest.raises(F.NoFaceError) as caught:
+        detector.find(np.zeros((480, 640, 3), np.uint8), image_name="holiday.jpg", index=3)
+    error = caught.value
+    assert isinstance(error, ValueError) and error.index == 3
+    message = str(error)
+    for part in ("holiday.jpg", "batch index 3", "det_thresh=0.5", "det_size", "--aligned"):
+        assert part in message
+
+
+def test_tiny_face_is_refused(detector):
+    image = photo(640, 480, ((320, 240), 24))
+    faces = detector.detect(image)
+    assert len(faces) == 1 and faces[0].size < F.MIN_FACE_SIZE
+    with pytest.raises(F.FaceTooSmallError, match="minimum 32px"):
+        detector.find(image)
+    with pytest.raises(F.FaceTooSmallError):
+        F.select_faces(faces, 0)
+    assert F.select_faces(faces, "largest", min_face_size=8)[0] is faces[0]
+    # a big face next to a tiny one: "all" keeps the big one only
+    both = detector.find(photo(640, 480, ((150, 240), 150), ((500, 240), 24)), "all")
+    assert len(both) == 1 and abs(centre(both[0])[0] - 150) < 3
+
+
+def test_huge_photo_is_detected_on_a_downscaled_copy(detector, caplog):
+    image = photo(4000, 3000, ((1500, 1200), 600))
+    with caplog.at_level(logging.DEBUG, logger="cradle2cane.face"):
+        faces = detector.find(image)
+    assert any("downscaled 1280x960 copy" in r.getMessage() for r in caplog.records)
+    expected = T.expected_face((1500, 1200), 600)
+    np.testing.assert_allclose(faces[0].kps, expected["kps"], atol=8.0)
+    aligned = F.align_face(image, faces[0], size=256)  # shrinks before warping
+    assert aligned.image.shape == (256, 256, 3)
+    assert np.abs(aligned.image[128, 128] * 255 - np.array(T.FACE_RGB)).max() < 3
+
+
+def test_close_up_missed_at_det_size_is_found_smaller(detector, caplog):
+    image = photo(640, 640, ((320, 320), 560))
+    with caplog.at_level(logging.INFO, logger="cradle2cane.face"):
+        faces = detector.find(image)
+    assert any("after none at 640" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(centre(faces[0]), T.expected_face((320, 320), 560)["bbox"].reshape(2, 2).mean(0), atol=4)
+
+
+def test_detect_accepts_rgba_float_and_16_bit_arrays(detector):
+    image = photo(320, 240, ((160, 120), 100))
+    reference = detector.detect(image)
+    variants = [
+        np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]),
+        image.astype(np.float32) / 255.0,
+        image.astype(np.uint16) * 257,
+    ]
+    for variant in variants:
+        faces = detector.detect(variant)
+        assert len(faces) == 1
+        np.testing.assert_allclose(faces[0].kps, reference[0].kps, atol=0.5)
+    assert detector.detect(image.mean(axis=2).astype(np.uint8)) == []  # grey: no skin colour
+    with pytest.raises(ValueError, match="HxW"):
+        detector.detect(np.zeros((4, 4, 2), np.uint8))
+
+
+# --------------------------------------------------------------------------- loading images
+
+
+def test_load_image_applies_exif_orientation(tmp_path, detector):
+    from PIL import Image
+
+    upright = photo(320, 240, ((100, 120), 100), blur=1.0)
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # the sensor's sideways pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
+
+    rgb, alpha = F.load_image(path)
+    assert rgb.shape == (240, 320, 3) and rgb.dtype == np.uint8 and alpha is None
+    assert np.abs(rgb.astype(int) - upright).mean() < 3
+    face = detector.find(rgb)[0]
+    assert abs(centre(face)[0] - 100) < 4 and face.kps[0, 1] < face.kps[3, 1]
+
+
+def test_load_image_modes(tmp_path):
+    from PIL import Image
+
+    grey = (np.arange(30 * 20).reshape(20, 30) % 256).astype(np.uint8)
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
+    rgb, alpha = F.load_image(tmp_path / "grey.png")
+    assert rgb.shape == (20, 30, 3) and alpha is None and np.array_equal(rgb[:, :, 1], grey)
+
+    deep = (np.arange(30 * 20).reshape(20, 30) * 100).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    rgb, alpha = F.load_image(tmp_path / "deep.png")
+    assert rgb.dtype == np.uint8 and alpha is None
+    assert np.abs(rgb[:, :, 0].astype(float) - deep / 257.0).max() <= 1.0
+
+    colour = np.random.default_rng(0).integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    Image.fromarray(colour, "RGBA").save(tmp_path / "rgba.png")
+    rgb, alpha = F.load_image(tmp_path / "rgba.png")
+    assert np.array_equal(rgb, colour[:, :, :3]) and np.array_equal(alpha, colour[:, :, 3])
+
+    palette = Image.fromarray(grey, "L").convert("P")
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "palette.png", transparency=0)
+    rgb, alpha = F.load_image(tmp_path / "palette.png")
+    assert rgb.shape == (20, 30, 3) and alpha is not None and alpha.min() == 0
+
+    Image.fromarray(np.dstack([grey, grey]), "LA").save(tmp_path / "la.png")
+    rgb, alpha = F.load_image(tmp_path / "la.png")
+    assert rgb.shape == (20, 30, 3) and np.array_equal(alpha, grey)
+
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        F.load_image(tmp_path / "broken.jpg")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        F.load_image(tmp_path / "missing.png")
+
+
+# --------------------------------------------------------------------------- packs, providers, cache
+
+
+def test_pack_lookup_layouts_and_errors(tmp_path, insightface_root):
+    assert F.resolve_pack_dir((insightface_root, "buffalo_l")) == insightface_root / "models" / "buffalo_l"
+    models = tmp_path / "models"
+    T.write_insightface_pack(models / "insightface" / "models" / "antelopev2" / "antelopev2")  # zip nesting
+    assert F.find_insightface_pack(models) == models / "insightface" / "models" / "antelopev2" / "antelopev2"
+    with pytest.raises(FileNotFoundError, match=r"buffalo_l.zip") as caught:
+        F.FaceDetector((tmp_path / "nowhere", "buffalo_l"))
+    assert str(tmp_path / "nowhere" / "models" / "buffalo_l") in str(caught.value)
+    with pytest.raises(FileNotFoundError, match="insightface"):
+        F.find_insightface_pack(tmp_path / "empty")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        F.FaceDetector((insightface_root, "buffalo_l"), det_size=500)
+
+
+def test_providers_and_cache(insightface_root):
+    import onnxruntime
+
+    assert F.resolve_providers("cpu") == ["CPUExecutionProvider"]
+    auto = F.resolve_providers("auto")
+    assert auto[-1] == "CPUExecutionProvider"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert auto == ["CPUExecutionProvider"]
+        with pytest.raises(ValueError, match="onnxruntime"):
+            F.resolve_providers("cuda")
+    with pytest.raises(ValueError, match="providers"):
+        F.resolve_providers("tpu")
+
+    pack = (insightface_root, "buffalo_l")
+    one = F.FaceDetector(pack, providers="cpu", det_size=320)
+    two = F.FaceDetector(pack, providers="cpu", det_size=320, det_thresh=0.7)
+    assert one._pack() is two._pack()  # one load, whatever the threshold
+    for size in (160, 192, 224, 256, 288):
+        F.FaceDetector(pack, providers="cpu", det_size=size)._pack()
+    assert len(F._CACHE) <= F.CACHE_SIZE
+
+
+def test_importing_the_core_stays_light():
+    code = (
+        "import sys; import cradle2cane.face, cradle2cane.tiny_faces; "
+        "heavy = {'insightface', 'onnxruntime', 'cv2', 'onnx', 'torch'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
