@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import weights as W
 from .arcface import IResNet, arcface_hidden_state, iresnet_from_state_dict, network_name
 from .embeddings import ClipFeatures, ClipPreprocess, age_text, rotate_clip, svr_arcface
-from .passes import (Img2ImgSampler, StepCallback, adani_strength, aging_prompt, check_age, check_gender,
+from .passes import (EncodedImages, Img2ImgSampler, StepCallback, adani_strength, aging_prompt, check_age, check_gender,
                      check_strength, lora_enabled, unet_evaluations)
 from .projectors import ProjectorMLP, expected_shapes, projector_dims, projector_from_state_dict
 from .settings import Settings
@@ -96,18 +96,26 @@ class Cradle2Cane:
         self.clip_projector = clip_projector.eval()
         self.settings = settings
         self.sampler = Img2ImgSampler(pipe, steps=settings.infer_step)
+        self.offload = None  # a memory.ModelOffload while model CPU offload is on
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def from_pretrained(cls, models_dir: str | Path, *, base: str | Path | None = None,
                         cradle2cane_dir: str | Path | None = None, base_config: str | Path | None = None,
-                        device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Cradle2Cane":
+                        device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                        memory: str = "default") -> "Cradle2Cane":
         """Load every component from a models folder laid out as in ``weights``' docstring.
 
         ``dtype`` defaults to float16 on CUDA and float32 elsewhere. The VAE runs in float16 only
         when it is the fp16-fix VAE (``force_upcast`` false); otherwise it stays in float32.
+        ``memory``: ``default`` (all on ``device``), ``offload`` or ``low-vram`` (see ``memory``);
+        the offload modes never hold every component on the device at once.
         """
+        from .memory import MEMORY_MODES, set_memory_mode
+
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         paths = W.ModelPaths.resolve(models_dir, base=base, cradle2cane_dir=cradle2cane_dir, base_config=base_config)
@@ -125,18 +133,46 @@ class Cradle2Cane:
         clip_projector = load_projector(paths.clip_projector, clip_width, unet_width, "CLIP projector")
         clip = ClipFeatures(clip_model, tokenizer, ClipPreprocess.from_folder(paths.clip))
         model = cls(pipe, arcface.to(dtype), face_projector.to(dtype), clip, clip_projector.to(dtype), settings)
+        if memory != "default":
+            return set_memory_mode(model, memory, device)
         return model.to(device)
 
     def to(self, device: str | torch.device) -> "Cradle2Cane":
+        """Move every component to ``device`` (this ends model CPU offload)."""
         device = torch.device(device)
+        if self.offload is not None:
+            self.offload.remove()
+            self.offload = None
         self.pipe.to(device)
         for module in (self.arcface, self.face_projector, self.clip.model, self.clip_projector):
             module.to(device)
         return self
 
+    # ------------------------------------------------------------------ memory
+
+    def enable_model_cpu_offload(self, device: str | torch.device | None = None,
+                                 low_vram: bool = False) -> "Cradle2Cane":
+        """Keep the components on the CPU and move each group to ``device`` (default: CUDA when
+        available) only while it runs; ``low_vram`` adds VAE slicing and tiling. See ``memory``."""
+        from .memory import enable_model_cpu_offload
+
+        return enable_model_cpu_offload(self, device, low_vram=low_vram)
+
+    def disable_model_cpu_offload(self, device: str | torch.device | None = None) -> "Cradle2Cane":
+        from .memory import disable_model_cpu_offload
+
+        return disable_model_cpu_offload(self, device)
+
+    def release_memory(self) -> None:
+        """Return cached GPU blocks, drop the CLIP text cache and park offloaded weights on the CPU."""
+        from .memory import release_memory
+
+        release_memory(self)
+
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        """Where the computation runs (the execution device while offloading)."""
+        return self.offload.device if self.offload is not None else self.pipe.unet.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -188,7 +224,7 @@ class Cradle2Cane:
         faces = self.prepare_faces(faces)
         plan = self._plan(faces.shape[0], target_ages, source_ages, genders, seed, strength)
         progress = _progress or _Progress(self._pass1_steps(plan["strengths"], batch_size), callback)
-        encoded = self.sampler.encode(faces)
+        encoded = self._encode(faces, batch_size)
         prompts = [aging_prompt(t, g) for t, g in zip(plan["target_ages"], plan["genders"])]
         embeds, pooled = self._encode_prompts(prompts)
         generators = [torch.Generator("cpu").manual_seed(s) for s in plan["seeds"]]
@@ -242,6 +278,15 @@ class Cradle2Cane:
                                                        do_classifier_free_guidance=False)
         index = torch.tensor([unique.index(p) for p in prompts], device=embeds.device)
         return embeds[index], pooled[index]
+
+    def _encode(self, images: torch.Tensor, batch_size: int) -> EncodedImages:
+        """VAE posteriors in chunks of ``batch_size``: bounded activation memory for long sweeps."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        parts = [self.sampler.encode(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+        if len(parts) == 1:
+            return parts[0]
+        return EncodedImages(torch.cat([p.mean for p in parts]), torch.cat([p.std for p in parts]))
 
     @torch.no_grad()
     def _decode(self, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -300,7 +345,7 @@ class Cradle2Cane:
             else [int(seed)] * count
         steps = unet_evaluations(id_strength, self.settings.infer_step)
         progress = _progress or _Progress(steps * -(-count // batch_size), callback)
-        encoded = self.sampler.encode(aged)
+        encoded = self._encode(aged, batch_size)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         outputs = []
         with lora_enabled(self.pipe.unet, True):
