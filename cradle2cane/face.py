@@ -510,15 +510,13 @@ class FaceDetector:
         cv2 = _import_cv2()
         rgb = to_rgb_uint8(image)
         height, width = rgb.shape[:2]
-        scale = 1.0
+        scale_xy = np.ones(2)
         if max(height, width) > self.work_side:
             scale = self.work_side / max(height, width)
             small = (max(1, round(width * scale)), max(1, round(height * scale)))
             logger.debug("detecting on a downscaled %dx%d copy of the %dx%d photo", *small, width, height)
             rgb = cv2.resize(rgb, small, interpolation=cv2.INTER_AREA)
-            scale_x, scale_y = small[0] / width, small[1] / height
-        else:
-            scale_x = scale_y = 1.0
+            scale_xy = np.array([small[0] / width, small[1] / height])
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         pack = self._pack()
         boxes = kpss = None
@@ -536,7 +534,6 @@ class FaceDetector:
                 age, gender = self._age_gender(pack, bgr, boxes[i], None if kpss is None else kpss[i])
                 faces.append((boxes[i], None if kpss is None else kpss[i], age, gender))
         results = []
-        scale_xy = np.array([scale_x, scale_y])
         for box, kps, age, gender in faces:
             bbox = np.asarray(box[:4], np.float64).reshape(2, 2)
             bbox = ((bbox + 0.5) / scale_xy - 0.5).reshape(4)

@@ -403,3 +403,17 @@ def test_importing_the_core_stays_light():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_missing_runtime_says_what_to_install(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match="pip install onnxruntime") as caught:
+        F.resolve_providers("auto")
+    assert "onnxruntime-gpu" not in str(caught.value)
+    monkeypatch.setitem(sys.modules, "onnxruntime", onnxruntime)
+    monkeypatch.setitem(sys.modules, "insightface", None)
+    monkeypatch.setitem(sys.modules, "insightface.model_zoo", None)
+    with pytest.raises(ImportError, match="pip install insightface"):
+        F._import_model_zoo()
