@@ -85,6 +85,8 @@ def _cmd_age(args: argparse.Namespace) -> int:
         check_age(args.source_age, "--source-age")
     if args.gender is not None:
         args.gender = check_gender(args.gender, "--gender")
+    if args.aligned and (args.source_age is None or args.gender is None):
+        raise UsageError("--aligned needs --source-age and --gender (there is no detection to estimate them)")
     outputs = _output_paths(args.out, args.image, targets)
     from .face import load_image
 
@@ -92,18 +94,21 @@ def _cmd_age(args: argparse.Namespace) -> int:
     model = load_model(args)
     progress = _progress_bar(args)
     if args.aligned:
-        if args.source_age is None or args.gender is None:
-            raise UsageError("--aligned needs --source-age and --gender (there is no detection to estimate them)")
         result = model(to_tensor(photo), targets, args.source_age, args.gender, seed=args.seed,
                        strength=args.strength, id_strength=args.id_strength, callback=progress)
         images = [to_uint8(img) for img in result.images]
     else:
         from .photo import age_photo
 
-        images = age_photo(model, photo, targets, models_dir=args.models, source_age=args.source_age,
+        result = age_photo(model, photo, targets, models_dir=args.models, source_age=args.source_age,
                            gender=args.gender, face=args.face, seed=args.seed, strength=args.strength,
                            id_strength=args.id_strength, alpha=alpha, callback=progress,
-                           det_size=args.det_size, det_thresh=args.det_thresh)
+                           det_size=args.det_size, det_thresh=args.det_thresh, image_name=str(args.image))
+        for face, age, gender, (est_age, est_gender) in zip(result.faces, result.source_ages, result.genders,
+                                                            result.estimated):
+            print(f"face {face.face_index}: source age {age}, {gender} (estimated: {est_age}, {est_gender})",
+                  file=sys.stderr)
+        images = result.photos
     for image, path in zip(images, outputs):
         save_image_atomic(image, path)
         print(path)
@@ -193,7 +198,14 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
+    # The CLI owns its process, so it may silence the libraries' loading bars for good.
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
 
 
 if __name__ == "__main__":  # pragma: no cover
