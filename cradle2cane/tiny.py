@@ -116,7 +116,9 @@ def build_lora_state(unet, seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     state = {k: v.detach().clone().contiguous() for k, v in state.items()}
     unet.delete_adapters("default")
-    return state, config.to_dict()
+    metadata = config.to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: order varies per process
+    return state, metadata
 
 
 def write_clip(folder: Path, seed: int) -> None:
