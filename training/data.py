@@ -1,0 +1,421 @@
+"""Labelled face datasets: preparing a manifest, and reading it for training.
+
+A manifest is a JSON-lines file, one face per line::
+
+    {"image": "00000.png", "age": 23, "gender": "male"}
+
+``image`` is relative to the manifest's folder (or absolute). A CSV with the columns
+``image,age,gender`` is read the same way. ``prepare_ffhq`` builds one from FFHQ and the
+ffhq-features labels, ``prepare_folder`` from any folder of images plus a CSV/JSON of labels; both
+skip what cannot be used and say why (also in ``<manifest>.skipped.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MIN_AGE, MAX_AGE = 0, 100
+FILE_COLUMNS = ("image", "file", "filename", "path", "name")
+AGE_COLUMNS = ("age",)
+GENDER_COLUMNS = ("gender", "sex")
+
+
+class DatasetError(ValueError):
+    """A dataset, manifest or label file cannot be used."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Path
+    age: int
+    gender: str
+
+
+@dataclass
+class PrepareReport:
+    """What a ``prepare_*`` call kept and what it skipped, with the reason for each skip."""
+
+    manifest: Path
+    kept: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image or label, reason)
+
+    def reasons(self) -> Counter:
+        return Counter(reason.split(":")[0] for _, reason in self.skipped)
+
+    def summary(self) -> str:
+        lines = [f"{self.kept} labelled images written to {self.manifest}"]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} skipped (details in {skipped_path(self.manifest)}):")
+            lines += [f"  {count:6d}  {reason}" for reason, count in self.reasons().most_common()]
+        return "\n".join(lines)
+
+
+def skipped_path(manifest: Path) -> Path:
+    return manifest.with_name(manifest.stem + ".skipped.csv")
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def check_label(age: Any, gender: Any) -> tuple[int, str]:
+    """(age, gender) as the training code uses them, or ValueError with the reason."""
+    from cradle2cane.passes import check_gender
+
+    if age is None or (isinstance(age, str) and not age.strip()):
+        raise ValueError("no age")
+    if gender is None or (isinstance(gender, str) and not gender.strip()):
+        raise ValueError("no gender")
+    try:
+        value = float(age)
+    except (TypeError, ValueError):
+        raise ValueError(f"age {age!r} is not a number") from None
+    if math.isnan(value) or not MIN_AGE <= value <= MAX_AGE:
+        raise ValueError(f"age {age!r} outside {MIN_AGE}..{MAX_AGE}")
+    try:
+        gender = check_gender(gender)
+    except ValueError:
+        raise ValueError(f"gender {gender!r} is not male/female") from None
+    return int(round(value)), gender
+
+
+def labels_from_name(path: str | Path) -> tuple[int, str] | None:
+    """``23_male.png``, ``23.0_female_01234.png`` -> (23, gender); None when the name is not like that."""
+    parts = Path(path).stem.split("_")
+    if len(parts) < 2:
+        return None
+    try:
+        return check_label(parts[0], parts[1])
+    except ValueError:
+        return None
+
+
+def _check_image(path: Path) -> str | None:
+    """None when PIL can read the image, else the reason."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as exc:  # PIL raises many types for broken files
+        return f"unreadable image: {type(exc).__name__}: {exc}"
+    if width < 8 or height < 8:
+        return f"unreadable image: {width}x{height} is too small"
+    return None
+
+
+def _images_under(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} does not exist")
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                   and not p.name.startswith("."))
+    if not found:
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
+    return found
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(path.resolve(), base.resolve()).replace(os.sep, "/")
+    except ValueError:  # another drive on Windows
+        return str(path.resolve())
+
+
+def write_manifest(samples: Sequence[Sample], manifest: Path, skipped: Sequence[tuple[str, str]] = ()) -> None:
+    """Write the manifest (and the skip list) through temporary files renamed at the end."""
+    manifest = Path(manifest)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = manifest.with_name(f".{manifest.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for s in samples:
+            fh.write(json.dumps({"image": _relative(s.image, manifest.parent), "age": s.age, "gender": s.gender}) + "\n")
+    os.replace(tmp, manifest)
+    skip = skipped_path(manifest)
+    if skipped:
+        tmp = skip.with_name(f".{skip.name}.tmp")
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["item", "reason"])
+            writer.writerows(skipped)
+        os.replace(tmp, skip)
+    elif skip.exists():
+        skip.unlink()
+
+
+def _finish(samples: list[Sample], skipped: list[tuple[str, str]], manifest: Path, what: str) -> PrepareReport:
+    report = PrepareReport(Path(manifest), len(samples), skipped)
+    if not samples:
+        reasons = ", ".join(f"{n} {r}" for r, n in report.reasons().most_common()) or "nothing found"
+        raise DatasetError(f"{what}: no usable labelled image ({reasons}); no manifest written")
+    write_manifest(samples, Path(manifest), skipped)
+    return report
+
+
+def prepare_ffhq(images_dir: str | Path, features_dir: str | Path, manifest: str | Path,
+                 check_images: bool = True) -> PrepareReport:
+    """FFHQ images + ffhq-features json labels (``<features>/<stem>.json``: a list of faces).
+
+    Only images whose json lists exactly one face are used (its ``faceAttributes.age`` and
+    ``.gender``), as in the reference preparation. Background removal is not done here.
+    """
+    images_dir, features_dir = Path(images_dir).expanduser(), Path(features_dir).expanduser()
+    if not features_dir.is_dir():
+        raise DatasetError(f"ffhq-features folder {features_dir} does not exist")
+    labels = {p.stem: p for p in sorted(features_dir.rglob("*.json"))}
+    if not labels:
+        raise DatasetError(f"no .json label files under {features_dir} (expected ffhq-features json/00000.json ...)")
+    samples, skipped = [], []
+    for image in _images_under(images_dir):
+        name = str(image.relative_to(images_dir))
+        label = labels.get(image.stem)
+        if label is None:
+            skipped.append((name, f"no features json: {image.stem}.json not in {features_dir}"))
+            continue
+        try:
+            faces = json.loads(label.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            skipped.append((name, f"unreadable features json: {label}: {exc}"))
+            continue
+        if not isinstance(faces, list):
+            skipped.append((name, f"unreadable features json: {label} is not a list of faces"))
+            continue
+        if len(faces) != 1:
+            skipped.append((name, f"not exactly one face: {len(faces)} faces in {label.name}"))
+            continue
+        attributes = faces[0].get("faceAttributes") if isinstance(faces[0], Mapping) else None
+        if not isinstance(attributes, Mapping):
+            skipped.append((name, f"no age/gender: {label.name} has no faceAttributes"))
+            continue
+        try:
+            age, gender = check_label(attributes.get("age"), attributes.get("gender"))
+        except ValueError as exc:
+            reason = str(exc)
+            kind = "no age/gender" if reason.startswith("no ") else "bad label"
+            skipped.append((name, f"{kind}: {reason} in {label.name}"))
+            continue
+        if check_images and (problem := _check_image(image)):
+            skipped.append((name, problem))
+            continue
+        samples.append(Sample(image, age, gender))
+    return _finish(samples, skipped, Path(manifest), f"FFHQ in {images_dir}")
+
+
+def _column(header: Sequence[str], names: Sequence[str]) -> str | None:
+    lowered = {h.strip().lower(): h for h in header}
+    for name in names:
+        if name in lowered:
+            return lowered[name]
+    return None
+
+
+def read_label_file(path: str | Path) -> list[tuple[int, str, Any, Any]]:
+    """Rows (row number, file, age, gender) from a CSV with a header or a JSON file (a list of
+    objects, or a mapping file -> {age, gender}). A file without age or gender is an error."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"label file {path} does not exist")
+    rows: list[tuple[int, str, Any, Any]] = []
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"{path}: cannot read the JSON ({exc})") from exc
+        if isinstance(data, Mapping):
+            data = [{"image": k, **(v if isinstance(v, Mapping) else {})} for k, v in data.items()]
+        if not isinstance(data, list) or not all(isinstance(d, Mapping) for d in data):
+            raise DatasetError(f"{path}: expected a list of {{image, age, gender}} objects or a mapping "
+                               f"image -> {{age, gender}}")
+        keys = {k.lower() for d in data for k in d}
+        header = sorted(keys)
+        records = [{k.lower(): v for k, v in d.items()} for d in data]
+        start = 0
+    else:
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                header = reader.fieldnames or []
+                records = [{(k or "").strip().lower(): v for k, v in r.items()} for r in reader]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DatasetError(f"{path}: cannot read the CSV ({exc})") from exc
+        header = [h.strip().lower() for h in header]
+        start = 1
+    file_col = _column(header, FILE_COLUMNS)
+    age_col = _column(header, AGE_COLUMNS)
+    gender_col = _column(header, GENDER_COLUMNS)
+    missing = [what for what, col in (("an image/file", file_col), ("an age", age_col), ("a gender", gender_col))
+               if col is None]
+    if missing:
+        raise DatasetError(f"{path}: no {' or '.join(missing)} column (columns found: {', '.join(header) or 'none'}); "
+                           f"expected image,age,gender")
+    for i, record in enumerate(records):
+        rows.append((i + start + 1, str(record.get(file_col) or "").strip(), record.get(age_col),
+                     record.get(gender_col)))
+    if not rows:
+        raise DatasetError(f"{path}: no label rows")
+    return rows
+
+
+def prepare_folder(images_dir: str | Path, labels: str | Path, manifest: str | Path,
+                   check_images: bool = True) -> PrepareReport:
+    """Any folder of aligned faces plus a CSV/JSON with the age and gender of each image.
+
+    Label files name images relative to ``images_dir`` (or by file name alone when that is unique).
+    """
+    images_dir = Path(images_dir).expanduser()
+    images = _images_under(images_dir)
+    by_relative = {str(p.relative_to(images_dir)).replace(os.sep, "/"): p for p in images}
+    by_name: dict[str, list[Path]] = {}
+    for p in images:
+        by_name.setdefault(p.name, []).append(p)
+    samples, skipped, matched = [], [], set()
+    for row, name, age, gender in read_label_file(labels):
+        where = f"{Path(labels).name} row {row}"
+        if not name:
+            skipped.append((where, "no image name"))
+            continue
+        key = name.replace("\\", "/")
+        image = by_relative.get(key)
+        if image is None:
+            matches = by_name.get(Path(key).name, [])
+            if len(matches) > 1:
+                skipped.append((name, f"ambiguous image name: {where} matches several files; give the relative path"))
+                continue
+            image = matches[0] if matches else None
+        if image is None:
+            skipped.append((name, f"image missing: {where} names a file not under {images_dir}"))
+            continue
+        if image in matched:
+            skipped.append((name, f"duplicate label: {where} labels an image already labelled"))
+            continue
+        matched.add(image)
+        try:
+            age_value, gender_value = check_label(age, gender)
+        except ValueError as exc:
+            reason = str(exc)
+            kind = "no age/gender" if reason.startswith("no ") else "bad label"
+            skipped.append((name, f"{kind}: {reason} ({where})"))
+            continue
+        if check_images and (problem := _check_image(image)):
+            skipped.append((name, problem))
+            continue
+        samples.append(Sample(image, age_value, gender_value))
+    for p in images:
+        if p not in matched:
+            skipped.append((str(p.relative_to(images_dir)), f"no label: not in {Path(labels).name}"))
+    return _finish(samples, skipped, Path(manifest), f"{images_dir} with {labels}")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_manifest(path: str | Path, limit: int | None = None) -> list[Sample]:
+    """Every sample of a manifest (JSONL or CSV), checked strictly: any bad line is an error."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidate = path / "manifest.jsonl"
+        if not candidate.is_file():
+            raise DatasetError(f"{path} is a folder without manifest.jsonl; run `python -m training prepare` first")
+        path = candidate
+    if not path.is_file():
+        raise DatasetError(f"training manifest {path} does not exist; write it with `python -m training prepare`")
+    base = path.parent
+    samples: list[Sample] = []
+    if path.suffix.lower() == ".csv":
+        entries = [(row, name, age, gender) for row, name, age, gender in read_label_file(path)]
+    else:
+        entries = []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{path}: cannot read the manifest ({exc})") from exc
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path} line {number}: not JSON ({exc})") from exc
+            if not isinstance(record, Mapping) or "image" not in record:
+                raise DatasetError(f"{path} line {number}: expected {{\"image\", \"age\", \"gender\"}}")
+            entries.append((number, str(record["image"]), record.get("age"), record.get("gender")))
+    for number, name, age, gender in entries:
+        try:
+            age_value, gender_value = check_label(age, gender)
+        except ValueError as exc:
+            raise DatasetError(f"{path} line {number} ({name}): {exc}") from None
+        image = Path(name).expanduser()
+        image = image if image.is_absolute() else base / image
+        samples.append(Sample(image, age_value, gender_value))
+        if limit is not None and len(samples) >= limit:
+            break
+    if not samples:
+        raise DatasetError(f"{path}: the dataset is empty (no labelled images)")
+    return samples
+
+
+def load_face(path: Path, resolution: int) -> torch.Tensor:
+    """[3, R, R] float 0..1: RGB, centre-cropped to a square, resized with antialiasing."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        if width != height:
+            side = min(width, height)
+            left, top = (width - side) // 2, (height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+        if image.size != (resolution, resolution):
+            image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+        array = np.asarray(image, dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """Manifest samples as {"image": [3,R,R] 0..1, "age": int, "gender": str, "index": int}."""
+
+    def __init__(self, samples: Sequence[Sample], resolution: int, random_flip: bool = True) -> None:
+        if not samples:
+            raise DatasetError("the dataset is empty (no labelled images)")
+        self.samples = list(samples)
+        self.resolution = resolution
+        self.random_flip = random_flip
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        try:
+            image = load_face(sample.image, self.resolution)
+        except Exception as exc:  # PIL raises many types; name the file whatever it was
+            raise DatasetError(f"cannot read training image {sample.image} (sample {index}): "
+                               f"{type(exc).__name__}: {exc}") from exc
+        if self.random_flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return {"image": image, "age": sample.age, "gender": sample.gender, "index": index}
+
+
+def collate(batch: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    batch = list(batch)
+    return {"image": torch.stack([b["image"] for b in batch]),
+            "age": torch.tensor([b["age"] for b in batch], dtype=torch.long),
+            "gender": [b["gender"] for b in batch],
+            "index": torch.tensor([b["index"] for b in batch], dtype=torch.long)}
