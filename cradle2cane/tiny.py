@@ -196,6 +196,7 @@ def write_tiny_models(out_dir: str | Path, seed: int = 0, overwrite: bool = Fals
         lora_state, lora_config = build_lora_state(unet, seed)
         StableDiffusionXLImg2ImgPipeline.save_lora_weights(
             str(c2c), unet_lora_layers=lora_state, weight_name=W.LORA_FILE, unet_lora_adapter_metadata=lora_config)
+        canonical_safetensors_header(c2c / W.LORA_FILE)
 
         _seeded(seed, 8)
         arcface = IResNet((2, 2, 2, 2), widths=(4, 8, 8, 16), num_features=32)
@@ -223,6 +224,17 @@ def write_tiny_models(out_dir: str | Path, seed: int = 0, overwrite: bool = Fals
         raise
     logger.info("wrote the tiny model set to %s", out)
     return out
+
+
+def canonical_safetensors_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys: the writer orders metadata differently in
+    every process, which would make "same seed, same bytes" false."""
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # keep the tensor data 8-byte aligned, as the format recommends
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + length:])
 
 
 def _randomise_batchnorm(module: torch.nn.Module) -> None:
