@@ -104,11 +104,13 @@ def test_tiny_set_is_deterministic(tmp_path):
                 for p in sorted(folder.rglob("*")) if p.is_file()}
 
     a = digest(write_tiny_models(tmp_path / "a", seed=3))
-    b = digest(write_tiny_models(tmp_path / "b", seed=3))
+    assert main(["tiny", str(tmp_path / "b"), "--seed", "3"]) == 0
+    b = digest(tmp_path / "b")
     assert a == b and "Cradle2Cane/pytorch_lora_weights.safetensors" in a
     assert "insightface/models/buffalo_l/det_10g.onnx" in a and "sd_xl_turbo_1.0_fp16.safetensors" in a
     with pytest.raises(FileExistsError):
         write_tiny_models(tmp_path / "a", seed=3)
+    assert main(["tiny", str(tmp_path / "a")]) == 1  # refuses to overwrite, one line, exit 1
 
 
 def test_core_imports_cheaply_and_without_comfyui():
