@@ -91,6 +91,13 @@ def arcface_hidden_state(net: IResNet, images: torch.Tensor) -> torch.Tensor:
     return net.hidden_state((x - 0.5) / 0.5)
 
 
+def arcface_embedding(net: IResNet, images: torch.Tensor) -> torch.Tensor:
+    """The identity feature (the network's output, 512-d for r100) of 0..1 images, preprocessed as
+    in ``arcface_hidden_state``. Used by evaluation and by training's identity loss; gradients
+    follow torch's grad mode."""
+    return net.features(net.fc(net.dropout(arcface_hidden_state(net, images))))
+
+
 def iresnet_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> IResNet:
     """Build an iResNet whose stage depths and widths match ``state_dict`` (strict load)."""
     missing = [k for k in ("conv1.weight", "fc.weight", "bn2.weight") if k not in state_dict]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cradle2cane.arcface import IResNet, arcface_hidden_state
+from cradle2cane.arcface import IResNet, arcface_embedding
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
@@ -106,11 +106,6 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size:
 
 
 # ----------------------------------------------------------------------------- identity
-
-
-def arcface_embedding(net: IResNet, images: torch.Tensor) -> torch.Tensor:
-    """The 512-d ArcFace feature of 0..1 images, preprocessed exactly like the conditioning token."""
-    return net.features(net.fc(net.dropout(arcface_hidden_state(net, images))))
 
 
 def identity_loss(net: IResNet, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,478 @@
+"""``cradle2cane evaluate``: age accuracy and identity preservation over a folder of aligned faces.
+
+Each face is aged to every target age with the core pipeline. For every output:
+
+* **age error**: |estimated age - target age|, the estimate from a selectable estimator:
+  ``genderage`` (default: insightface's genderage model from the models folder's insightface pack,
+  run on the box a detector reports for an FFHQ-aligned crop), ``detector`` (detect the face in the
+  output first, via ``cradle2cane.face``) or ``none``;
+* **identity**: cosine similarity of the core ArcFace's identity features of input and output;
+* **harmonic score**: the harmonic mean of the age score ``max(0, 1 - error / tolerance)`` and the
+  identity ``max(0, cosine)`` - high only when the age is right *and* the person is kept. This is
+  this project's definition (``--age-tolerance``, 10 years by default), not a number from the paper.
+
+Source ages and genders come from a CSV (``image,age,gender``) or from file names like
+``23_male.png`` / ``23.0_female_01234.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+ESTIMATORS = ("genderage", "detector", "none")
+PACK_NAMES = ("buffalo_l", "antelopev2")
+# Where a face detector's box lies on an FFHQ-aligned crop (fractions of the side): the genderage
+# model crops 1.5x this box around its centre, i.e. almost the whole aligned image.
+ALIGNED_FACE_BOX = (0.25, 0.22, 0.75, 0.87)
+
+
+class EvaluationError(ValueError):
+    """The evaluation inputs cannot be used."""
+
+
+@dataclass
+class FaceInput:
+    path: Path
+    source_age: int
+    gender: str
+
+
+@dataclass
+class ItemResult:
+    image: str
+    source_age: int
+    gender: str
+    target_age: int
+    estimated_age: float | None
+    age_error: float | None
+    identity: float
+    age_score: float | None
+    harmonic: float | None
+
+
+@dataclass
+class Summary:
+    count: int
+    estimated: int
+    age_mae: float | None
+    age_score: float | None
+    identity: float
+    harmonic: float | None
+
+
+@dataclass
+class EvaluationReport:
+    folder: str
+    estimator: str
+    age_tolerance: float
+    target_ages: list[int]
+    overall: Summary
+    per_target: dict[str, Summary]
+    items: list[ItemResult] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def labels_from_name(path: str | Path) -> tuple[int, str] | None:
+    """``23_male.png``, ``23.0_female_01234.png`` -> (23, gender); None when the name is not like
+    that; an error when it is but the age is outside 0..100."""
+    from .passes import check_gender
+
+    parts = Path(path).stem.split("_")
+    if len(parts) < 2:
+        return None
+    try:
+        age = float(parts[0])
+        check_gender(parts[1])
+    except ValueError:
+        return None
+    return _check_label(age, parts[1], str(path))
+
+
+def _check_label(age: Any, gender: Any, where: str) -> tuple[int, str]:
+    from .passes import MAX_AGE, MIN_AGE, check_gender
+
+    try:
+        value = float(age)
+    except (TypeError, ValueError):
+        raise EvaluationError(f"{where}: age {age!r} is not a number") from None
+    if math.isnan(value) or not MIN_AGE <= value <= MAX_AGE:
+        raise EvaluationError(f"{where}: age {age!r} is outside {MIN_AGE}..{MAX_AGE}")
+    try:
+        return int(round(value)), check_gender(gender, f"{where}: gender")
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
+
+
+def read_labels(path: Path) -> dict[str, tuple[int, str]]:
+    """file name (and relative path) -> (age, gender) from a CSV with an image/file, age and gender column."""
+    if not path.is_file():
+        raise EvaluationError(f"label file {path} does not exist")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip().lower() for h in (reader.fieldnames or [])]
+            rows = [{(k or "").strip().lower(): v for k, v in r.items()} for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise EvaluationError(f"{path}: cannot read the CSV ({exc})") from exc
+    file_col = next((c for c in ("image", "file", "filename", "path", "name") if c in header), None)
+    gender_col = next((c for c in ("gender", "sex") if c in header), None)
+    missing = [what for what, col in (("image/file", file_col), ("age", "age" if "age" in header else None),
+                                      ("gender", gender_col)) if col is None]
+    if missing:
+        raise EvaluationError(f"{path}: no {', '.join(missing)} column (columns: {', '.join(header) or 'none'}); "
+                              f"expected image,age,gender")
+    labels = {}
+    for number, row in enumerate(rows, start=2):
+        name = (row.get(file_col) or "").strip().replace("\\", "/")
+        if not name:
+            raise EvaluationError(f"{path} row {number}: no image name")
+        labels[name] = _check_label(row.get("age"), row.get(gender_col), f"{path} row {number} ({name})")
+    return labels
+
+
+def collect_faces(folder: str | Path, labels_file: str | Path | None = None, limit: int | None = None) -> list[FaceInput]:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise EvaluationError(f"face folder {folder} does not exist")
+    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                    and not p.name.startswith("."))
+    if not images:
+        raise EvaluationError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    labels = read_labels(Path(labels_file).expanduser()) if labels_file else {}
+    faces = []
+    for path in images:
+        relative = str(path.relative_to(folder)).replace("\\", "/")
+        label = labels.get(relative) or labels.get(path.name)
+        if label is None and not labels_file:
+            label = labels_from_name(path)
+        if label is None:
+            where = f"not in {labels_file}" if labels_file else "its name is not like 23_male.png"
+            raise EvaluationError(f"{path}: no source age/gender ({where}); give --labels with image,age,gender "
+                                  f"or rename it")
+        faces.append(FaceInput(path, *label))
+        if limit is not None and len(faces) >= limit:
+            break
+    return faces
+
+
+def load_face_image(path: Path) -> torch.Tensor:
+    """[1,3,H,W] 0..1 RGB."""
+    from PIL import Image
+
+    from .images import to_tensor
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except Exception as exc:  # PIL raises many types for broken files
+        raise EvaluationError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    return to_tensor(array)
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def _find_pack(models_dir: Path, name: str | None) -> Path:
+    try:
+        from .face import find_insightface_pack
+    except ImportError:
+        find_insightface_pack = None
+    if find_insightface_pack is not None:
+        return find_insightface_pack(models_dir, name)
+    names = [name] if name else list(PACK_NAMES)
+    searched = []
+    for pack in names:
+        for candidate in (models_dir / "insightface" / "models" / pack, models_dir / "insightface" / pack):
+            searched.append(str(candidate))
+            if candidate.is_dir() and any(candidate.glob("*.onnx")):
+                return candidate
+    raise FileNotFoundError(f"no insightface pack found (searched {', '.join(searched)}); unzip buffalo_l from "
+                            f"https://github.com/deepinsight/insightface/releases to {models_dir}/insightface/models/")
+
+
+def _genderage_file(pack: Path) -> Path:
+    named = pack / "genderage.onnx"
+    if named.is_file():
+        return named
+    import onnx
+
+    for path in sorted(pack.glob("*.onnx")):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] if graph.input else []
+        out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] if graph.output else []
+        if dims[-2:] == [96, 96] and len(graph.output) == 1 and out[-1:] == [3]:
+            return path
+    raise FileNotFoundError(f"no genderage model (96x96 input, 3 outputs) in {pack}; use a complete buffalo_l "
+                            f"or antelopev2 pack")
+
+
+class GenderAgeEstimator:
+    """insightface's genderage model on aligned crops (no detection)."""
+
+    def __init__(self, models_dir: Path, pack: str | None = None, providers: Sequence[str] | None = None) -> None:
+        try:
+            from insightface.model_zoo import model_zoo
+        except ImportError as exc:
+            raise ImportError("the genderage estimator needs insightface and onnxruntime: "
+                              "pip install insightface onnxruntime (or onnxruntime-gpu)") from exc
+        import contextlib
+        import io
+
+        path = _genderage_file(_find_pack(Path(models_dir), pack))
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.model = model_zoo.get_model(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+            if self.model is None or getattr(self.model, "taskname", None) != "genderage":
+                raise FileNotFoundError(f"{path} is not routed as a genderage model by insightface")
+            self.model.prepare(-1)
+        self.path = path
+
+    def __call__(self, images: torch.Tensor) -> list[float | None]:
+        from insightface.app.common import Face
+
+        from .images import to_uint8
+
+        ages = []
+        for image in images:
+            rgb = to_uint8(image)
+            h, w = rgb.shape[:2]
+            box = np.array([ALIGNED_FACE_BOX[0] * w, ALIGNED_FACE_BOX[1] * h, ALIGNED_FACE_BOX[2] * w,
+                            ALIGNED_FACE_BOX[3] * h], np.float32)
+            _, age = self.model.get(np.ascontiguousarray(rgb[:, :, ::-1]), Face(bbox=box))
+            ages.append(float(age))
+        return ages
+
+
+class DetectorEstimator:
+    """Detect the face in each output (``cradle2cane.face``) and take its estimated age."""
+
+    def __init__(self, models_dir: Path, pack: str | None = None) -> None:
+        from .face import FaceDetector
+
+        self.detector = FaceDetector(_find_pack(Path(models_dir), pack), providers="auto", det_size=320)
+
+    def __call__(self, images: torch.Tensor) -> list[float | None]:
+        from .images import to_uint8
+
+        ages = []
+        for image in images:
+            faces = self.detector.detect(to_uint8(image))
+            if not faces or faces[0].age is None:
+                ages.append(None)
+                continue
+            largest = max(faces, key=lambda f: f.area)
+            ages.append(None if largest.age is None else float(largest.age))
+        return ages
+
+
+def make_estimator(name: str, models_dir: Path, pack: str | None = None):
+    if name == "none":
+        return None
+    if name == "genderage":
+        return GenderAgeEstimator(models_dir, pack)
+    if name == "detector":
+        return DetectorEstimator(models_dir, pack)
+    raise EvaluationError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {name!r}")
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def age_score(error: float | None, tolerance: float) -> float | None:
+    return None if error is None else max(0.0, 1.0 - error / tolerance)
+
+
+def harmonic(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    b = max(0.0, b)
+    return 0.0 if a + b <= 0 else 2 * a * b / (a + b)
+
+
+def summarise(items: Sequence[ItemResult], tolerance: float) -> Summary:
+    errors = [i.age_error for i in items if i.age_error is not None]
+    identity = statistics.fmean(i.identity for i in items)
+    mae = statistics.fmean(errors) if errors else None
+    scores = [i.age_score for i in items if i.age_score is not None]
+    score = statistics.fmean(scores) if scores else None
+    return Summary(count=len(items), estimated=len(errors), age_mae=mae, age_score=score, identity=identity,
+                   harmonic=harmonic(score, identity))
+
+
+def evaluate(model, faces: Sequence[FaceInput], target_ages: Sequence[int], estimator=None, age_tolerance: float = 10.0,
+             seed: int = 0, batch_size: int = 8, save_dir: Path | None = None, progress=None) -> list[ItemResult]:
+    """Age every face to every target age and score the outputs."""
+    from .arcface import arcface_embedding
+    from .passes import check_age
+
+    targets = [check_age(t, "target age") for t in target_ages]
+    if not targets:
+        raise EvaluationError("give at least one target age")
+    if not age_tolerance > 0:
+        raise EvaluationError(f"--age-tolerance must be > 0, got {age_tolerance}")
+    results: list[ItemResult] = []
+    per_call = max(1, batch_size // len(targets))
+    for start in range(0, len(faces), per_call):
+        chunk = faces[start:start + per_call]
+        images = torch.cat([model.prepare_faces(load_face_image(f.path)) for f in chunk])
+        with torch.no_grad():
+            out = model(images, targets, [f.source_age for f in chunk], [f.gender for f in chunk], seed=seed,
+                        batch_size=batch_size)
+            net = model.arcface
+            reference = arcface_embedding(net, images).float()
+            produced = arcface_embedding(net, out.images).float()
+        index = torch.tensor(out.source_index, device=reference.device)
+        cosine = torch.nn.functional.cosine_similarity(reference[index], produced, dim=-1).tolist()
+        estimated = estimator(out.images) if estimator is not None else [None] * len(out.images)
+        for k, (b, target) in enumerate(zip(out.source_index, out.target_ages)):
+            face = chunk[b]
+            est = estimated[k]
+            error = None if est is None else abs(est - target)
+            score = age_score(error, age_tolerance)
+            results.append(ItemResult(image=face.path.name, source_age=face.source_age, gender=face.gender,
+                                      target_age=target, estimated_age=est, age_error=error,
+                                      identity=float(cosine[k]), age_score=score,
+                                      harmonic=harmonic(score, float(cosine[k]))))
+            if save_dir is not None:
+                from .images import save_image_atomic, to_uint8
+
+                save_image_atomic(to_uint8(out.images[k]), save_dir / f"{face.path.stem}_to{target}.png")
+        if progress is not None:
+            progress(min(start + per_call, len(faces)), len(faces))
+    return results
+
+
+def build_report(folder: Path, items: list[ItemResult], targets: Sequence[int], estimator: str, tolerance: float,
+                 settings: dict[str, Any]) -> EvaluationReport:
+    per_target = {str(t): summarise([i for i in items if i.target_age == t], tolerance) for t in targets}
+    return EvaluationReport(folder=str(folder), estimator=estimator, age_tolerance=tolerance, target_ages=list(targets),
+                            overall=summarise(items, tolerance), per_target=per_target, items=items, settings=settings)
+
+
+def format_table(report: EvaluationReport) -> str:
+    def num(value, width: int, digits: int) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+    lines = [f"{'target':>8} {'faces':>6} {'estim.':>6} {'age MAE':>8} {'age score':>10} {'identity':>9} {'harmonic':>9}"]
+    rows = [(k, s) for k, s in report.per_target.items()] + [("all", report.overall)]
+    for name, s in rows:
+        lines.append(f"{name:>8} {s.count:>6} {s.estimated:>6} {num(s.age_mae, 8, 2)} {num(s.age_score, 10, 3)} "
+                     f"{num(s.identity, 9, 3)} {num(s.harmonic, 9, 3)}")
+    lines.append(f"estim.: outputs with an age estimate ({report.estimator}); age score = max(0, 1 - |error| / "
+                 f"{report.age_tolerance:g}); identity = ArcFace cosine(input, output); "
+                 f"harmonic = 2*score*identity/(score+identity)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _parse_ages(values: Sequence[str]) -> list[int]:
+    from .passes import check_age
+
+    ages = []
+    for value in values:
+        for part in str(value).split(","):
+            if part.strip():
+                try:
+                    ages.append(check_age(int(part), "--target-age"))
+                except ValueError as exc:
+                    raise EvaluationError(str(exc) if "between" in str(exc) else
+                                          f"--target-age: {part!r} is not a whole number of years") from None
+    if not ages:
+        raise EvaluationError("give at least one --target-age")
+    return list(dict.fromkeys(ages))
+
+
+def _face_bar(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="evaluating", unit="face", file=sys.stderr, leave=False)
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+        if done >= _total:
+            bar.close()
+
+    return update
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .cli import _dtype, load_model
+
+    targets = _parse_ages(args.target_age)
+    faces = collect_faces(args.folder, args.labels, args.limit)
+    estimator = make_estimator(args.estimator, Path(args.models), args.pack)
+    if args.weights is not None:
+        from .pipeline import Cradle2Cane
+
+        model = Cradle2Cane.from_pretrained(args.models, base=args.base, cradle2cane_dir=args.weights,
+                                            device=args.device, dtype=_dtype(args.dtype))
+    else:
+        model = load_model(args)
+    progress = None if args.quiet else _face_bar(len(faces))
+    items = evaluate(model, faces, targets, estimator, args.age_tolerance, args.seed, args.batch_size,
+                     args.save_images, progress)
+    settings = {"models": str(args.models), "weights": None if args.weights is None else str(args.weights),
+                "seed": args.seed, "faces": len(faces)}
+    report = build_report(Path(args.folder), items, targets, args.estimator, args.age_tolerance, settings)
+    print(format_table(report))
+    if args.json is not None:
+        text = json.dumps(report.to_dict(), indent=2)
+        if str(args.json) == "-":
+            print(text)
+        else:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.json.with_name(f".{args.json.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(args.json)
+            print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    from .cli import add_model_arguments
+
+    parser = subparsers.add_parser(
+        "evaluate", help="age a folder of aligned faces and report age error, identity and their harmonic score",
+        description=__doc__.split("\n\n")[0] + " Source ages/genders come from --labels (CSV image,age,gender) or "
+                                               "from file names like 23_male.png.")
+    parser.add_argument("folder", type=Path, help="folder of aligned face images")
+    add_model_arguments(parser)
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="a Cradle2Cane folder to evaluate instead of models/Cradle2Cane (e.g. a training output)")
+    parser.add_argument("--target-age", action="append", required=True,
+                        help="target age(s), repeat or comma-separate: --target-age 10,30,50,70")
+    parser.add_argument("--labels", type=Path, default=None, help="CSV with image,age,gender (default: file names)")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default="genderage",
+                        help="age estimator for the outputs (default genderage: insightface's model on the aligned crop)")
+    parser.add_argument("--pack", default=None, help="insightface pack name (default: buffalo_l, then antelopev2)")
+    parser.add_argument("--age-tolerance", type=float, default=10.0,
+                        help="age error (years) at which the age score reaches 0 (default 10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N faces")
+    parser.add_argument("--save-images", type=Path, default=None, help="also save every output image here")
+    parser.add_argument("--json", type=Path, default=None, help="write the full report as JSON here ('-': stdout)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_cmd_evaluate)
