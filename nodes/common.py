@@ -35,29 +35,22 @@ def source_inputs() -> list[io.Input]:
 
 def source_attributes(count: int, source_age: int, gender: str, faces: FacesHandle | None,
                       node: str) -> tuple[list[int], list[str]]:
-    """Per-face source ages and genders from the widgets, or from Face Align's estimates."""
-    if faces is not None:
-        faces = expect(faces, FacesHandle, node, "faces")
-        if len(faces) != count:
-            raise ValueError(f"{node}: 'faces' describes {len(faces)} faces but the image batch has {count}; "
-                             f"connect the aligned IMAGE and the faces output of the same Face Align node")
+    """Per-face source ages and genders: the widgets win, Face Align's estimates fill in."""
+    from ..cradle2cane.photo import estimate_or_given
+
     if gender not in GENDERS:
         raise ValueError(f"{node}: gender must be one of {GENDERS}, got {gender!r}")
-
-    def estimates(attribute: str, widget: str) -> list:
-        if faces is None:
-            raise ValueError(f"{node}: {widget} is set to estimate, but no Face Align 'faces' is connected: "
-                             f"connect it, or set {widget} on the node")
-        values = [getattr(face, attribute) for face in faces.faces]
-        missing = [i for i, v in enumerate(values) if v is None]
-        if missing:
-            raise ValueError(f"{node}: the face pack gave no {attribute} estimate for face(s) {missing} (it has no "
-                             f"genderage model); set {widget} on the node")
-        return values
-
-    ages = [int(source_age)] * count if source_age >= 0 else estimates("age", "source_age")
-    genders = [gender] * count if gender != "auto" else estimates("gender", "gender")
-    return ages, genders
+    if faces is None:
+        if source_age < 0 or gender == "auto":
+            raise ValueError(f"{node}: source_age is -1 or gender is auto (estimate), but no Face Align 'faces' "
+                             f"is connected: connect it, or set source_age and gender on the node")
+        return [int(source_age)] * count, [gender] * count
+    faces = expect(faces, FacesHandle, node, "faces")
+    if len(faces) != count:
+        raise ValueError(f"{node}: 'faces' describes {len(faces)} faces but the image batch has {count}; "
+                         f"connect the aligned IMAGE and the faces output of the same Face Align node")
+    return estimate_or_given(faces.faces, None if source_age < 0 else source_age,
+                             None if gender == "auto" else gender, image_name=node)
 
 
 def model_handle(value, node: str) -> ModelHandle:

@@ -38,6 +38,16 @@ def detector_inputs() -> list[io.Input]:
     ]
 
 
+def face_detector(pack: str, det_size: int, det_thresh: float):
+    """The core's insightface facade on the pack from ``models/insightface`` (ONNX on the CPU when
+    ComfyUI runs there)."""
+    from ..cradle2cane.face import FaceDetector
+
+    providers = "cpu" if mm.get_torch_device().type == "cpu" else "auto"
+    return FaceDetector((models.insightface_root(pack), pack), providers=providers, det_size=det_size,
+                        det_thresh=det_thresh)
+
+
 def detect_and_align(images, detector: str, face: str, face_index: int, det_size: int, det_thresh: float,
                      size: int, node: str) -> tuple[list[np.ndarray], FacesHandle]:
     """Aligned crops (HxWx3 float) and the handle describing them, photo by photo."""
@@ -47,9 +57,7 @@ def detect_and_align(images, detector: str, face: str, face_index: int, det_size
         raise ValueError(f"{node}: face must be one of {WHICH}, got {face!r}")
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"{node}: 'image' must be a non-empty IMAGE batch [B,H,W,C], got {tuple(images.shape)}")
-    providers = "cpu" if mm.get_torch_device().type == "cpu" else "auto"
-    finder = F.FaceDetector((models.insightface_root(detector), detector), providers=providers,
-                            det_size=det_size, det_thresh=det_thresh)
+    finder = face_detector(detector, det_size, det_thresh)
     which = face_index if face == "index" else face
     crops, aligned, photo_index = [], [], []
     for p in range(images.shape[0]):

@@ -25,16 +25,16 @@ C2CIdentity = io.Custom("C2C_IDENTITY")
 
 @dataclass(frozen=True)
 class ModelHandle:
-    """A loaded ``Cradle2Cane`` plus where it runs and whether it leaves the GPU between runs."""
+    """A loaded ``Cradle2Cane`` plus where it runs and how it uses GPU memory (``nodes.models.MEMORY``)."""
 
     model: Cradle2Cane
     models_dir: Path
     device: torch.device
-    offload: bool
-    size_bytes: int
+    memory: str
+    size_bytes: int  # what must fit on the device during a run
 
     def __repr__(self) -> str:
-        return f"C2C_MODEL({self.models_dir}, {self.device}, {self.model.dtype})"
+        return f"C2C_MODEL({self.models_dir}, {self.device}, {self.model.dtype}, {self.memory})"
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,16 @@ class LoadCradle2Cane(io.ComfyNode):
                                tooltip="Weights precision: auto = fp16 on a GPU, fp32 on the CPU."),
                 io.Combo.Input("device", options=list(models.DEVICES), default="auto",
                                tooltip="auto = ComfyUI's device (the GPU unless ComfyUI runs with --cpu)."),
-                io.Boolean.Input("offload", default=False,
-                                 tooltip="Move the models off the GPU after every Cradle2Cane node, freeing VRAM "
-                                         "for other models at the cost of reloading them next run."),
+                io.Combo.Input("memory", options=list(models.MEMORY), default="default",
+                               tooltip="default: all models stay on the GPU (fastest). offload between runs: on the "
+                                       "GPU while a Cradle2Cane node runs, on the CPU between runs (frees VRAM "
+                                       "for other models). model offload: only the part that runs is on the GPU "
+                                       "(about 5 GB in fp16). low-vram: model offload plus VAE slicing/tiling."),
             ],
             outputs=[C2CModel.Output("model", display_name="model", tooltip="The loaded Cradle2Cane models.")],
         )
 
     @classmethod
     def execute(cls, cradle2cane: str, base: str = models.BASE_AUTO, precision: str = "auto",
-                device: str = "auto", offload: bool = False) -> io.NodeOutput:
-        return io.NodeOutput(models.load(cradle2cane, base, precision, device, offload))
+                device: str = "auto", memory: str = "default") -> io.NodeOutput:
+        return io.NodeOutput(models.load(cradle2cane, base, precision, device, memory))

@@ -33,8 +33,15 @@ CHECKPOINTS, DIFFUSERS = "checkpoints", "diffusers"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
 PRECISIONS = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DEVICES = ("auto", "cpu")
+BETWEEN_RUNS = "offload between runs"
+MEMORY = {  # loader choice -> the core's memory mode
+    "default": "default",
+    BETWEEN_RUNS: "default",
+    "model offload": "offload",
+    "low-vram": "low-vram",
+}
 CACHE_SIZE = 1
-"""Loaded models kept across loader runs, keyed by (files, dtype, device). One SDXL is big."""
+"""Loaded models kept across loader runs, keyed by (files, dtype, device, memory mode). One SDXL is big."""
 
 _cache: OrderedDict[tuple, ModelHandle] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -80,9 +87,8 @@ def base_options() -> list[str]:
     options += [f"{CHECKPOINTS}/{f}" for f in files if f.lower().endswith(SINGLE_FILE_SUFFIXES)]
     folders = set()
     for root in _roots(DIFFUSERS):
-        for index in root.glob("**/model_index.json"):
-            if len(index.relative_to(root).parts) <= 3:
-                folders.add(index.parent.relative_to(root).as_posix())
+        for pattern in ("*/model_index.json", "*/*/model_index.json"):  # explicit levels follow symlinks
+            folders.update(index.parent.relative_to(root).as_posix() for index in root.glob(pattern))
     options += [f"{DIFFUSERS}/{f}" for f in sorted(folders)]
     return options
 
@@ -185,47 +191,49 @@ def _bytes_on_disk(paths: list[Path]) -> int:
     return total
 
 
-def _bytes_in_memory(model) -> int:
-    modules = [model.pipe.unet, model.pipe.vae, model.pipe.text_encoder, model.pipe.text_encoder_2,
-               model.arcface, model.face_projector, model.clip.model, model.clip_projector]
-    return sum(p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters())
+def _bytes_in_memory(model, module_names=None) -> int:
+    from ..cradle2cane.memory import components
+
+    modules = components(model)
+    return sum(p.numel() * p.element_size() for name, m in modules.items()
+               if module_names is None or name in module_names for p in m.parameters())
 
 
-def load(cradle2cane: str, base: str, precision: str, device: str, offload: bool) -> ModelHandle:
-    """A ``ModelHandle``, from the cache when the same files, dtype and device were loaded before."""
+def load(cradle2cane: str, base: str, precision: str, device: str, memory: str) -> ModelHandle:
+    """A ``ModelHandle``, from the cache when the same files, dtype, device and memory mode were loaded."""
+    from ..cradle2cane.memory import default_dtype
     from ..cradle2cane.pipeline import Cradle2Cane
 
     if precision not in PRECISIONS:
         raise ValueError(f"Load Cradle2Cane: precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if memory not in MEMORY:
+        raise ValueError(f"Load Cradle2Cane: memory must be one of {list(MEMORY)}, got {memory!r}")
     models_root, c2c_dir = resolve_cradle2cane(cradle2cane)
     base_path = resolve_base(base, models_root)
     target = compute_device(device)
-    dtype = PRECISIONS[precision]
-    key = (str(models_root), str(c2c_dir), str(base_path), str(dtype), str(target))
+    dtype = PRECISIONS[precision] or default_dtype(target)
+    core_mode = MEMORY[memory]
+    key = (str(models_root), str(c2c_dir), str(base_path), str(dtype), str(target), core_mode)
     with _cache_lock:
         handle = _cache.get(key)
         if handle is not None:
             _cache.move_to_end(key)
             logger.debug("Cradle2Cane from cache: %s", key)
-            return ModelHandle(handle.model, handle.models_dir, handle.device, offload, handle.size_bytes)
+            return ModelHandle(handle.model, handle.models_dir, handle.device, memory, handle.size_bytes)
         while _cache:  # drop the old model before loading a new one
             _cache.popitem(last=False)
             mm.soft_empty_cache()
         estimate = _bytes_on_disk([p for p in (base_path or models_root / W.BASE_DIR, c2c_dir,
                                                models_root / W.CLIP_DIR, models_root / W.ARCFACE_FILE) if p])
-        mm.free_memory(estimate, target)
-        load_to = mm.unet_offload_device() if offload else target
+        mm.free_memory(estimate if core_mode == "default" else estimate // 2, target)
+        load_to = mm.unet_offload_device() if memory == BETWEEN_RUNS else target
         model = Cradle2Cane.from_pretrained(models_root, base=base_path, cradle2cane_dir=c2c_dir,
-                                            device=load_to, dtype=dtype or _default_dtype(target))
-        handle = ModelHandle(model, models_root, target, offload, _bytes_in_memory(model))
+                                            device=load_to, dtype=dtype, memory=core_mode)
+        # What must fit on the device at once: everything, or with model offload the largest group (UNet).
+        needed = _bytes_in_memory(model, None if core_mode == "default" else ("unet",))
+        handle = ModelHandle(model, models_root, target, memory, needed)
         _cache[key] = handle
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
         return handle
-
-
-def _default_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def clear_cache() -> None:
@@ -236,17 +244,23 @@ def clear_cache() -> None:
 
 @contextlib.contextmanager
 def running(handle: ModelHandle) -> Iterator:
-    """The model on its compute device for one node run; back to the offload device afterwards
-    (also on errors and cancels) when the loader's ``offload`` is on."""
+    """The model ready on its device for one node run, with room made in ComfyUI's memory first;
+    afterwards (also on errors and cancels) parked off the GPU as the loader's ``memory`` says."""
     model = handle.model
-    if not _same_device(model.device, handle.device):
+    core_mode = MEMORY[handle.memory]
+    if core_mode != "default":
+        mm.free_memory(handle.size_bytes, handle.device)  # room for the group that runs
+    elif not _same_device(model.device, handle.device):
         mm.free_memory(handle.size_bytes, handle.device)
         model.to(handle.device)
     try:
         yield model
     finally:
-        if handle.offload:
+        if handle.memory == BETWEEN_RUNS:
             offload_to = torch.device(mm.unet_offload_device())
             if not _same_device(model.device, offload_to):
                 model.to(offload_to)
                 mm.soft_empty_cache()
+        elif core_mode != "default":
+            model.release_memory()  # the resident group back to the CPU
+            mm.soft_empty_cache()

@@ -1,15 +1,15 @@
-"""Cradle2Cane Age Photo: detect, align, both passes and paste back in one node."""
+"""Cradle2Cane Age Photo: detect, align, both passes and paste back in one node (``cradle2cane.photo``)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 from .aging import target_ages_input
-from .common import GENDERS, model_handle, model_input, seed_input, source_attributes
-from .faces import detect_and_align, detector_inputs, paste, paste_inputs
-from .layout import from_numpy, optional_value, parse_ages, to_comfy, to_core
+from .common import GENDERS, model_handle, model_input, seed_input
+from .faces import WHICH, detector_inputs, face_detector, paste_inputs
+from .layout import from_numpy, optional_value, parse_ages, to_numpy
 from .models import running
-from .progress import step_callback
+from .progress import check_cancel, step_callback
 
 AGE_PHOTO = "Cradle2Cane Age Photo"
 
@@ -22,8 +22,9 @@ class AgePhoto(io.ComfyNode):
             display_name=AGE_PHOTO,
             category="cradle2cane",
             description="All in one: finds the face(s) in each photo, ages them to every target age with both "
-                        "Cradle2Cane passes and pastes them back. The same as Face Align -> AdaNI First Pass -> "
-                        "Identity Embed -> Identity Second Pass -> Paste Face Back with default settings.",
+                        "Cradle2Cane passes and pastes them back (what the command line does). The same as Face "
+                        "Align -> AdaNI First Pass -> Identity Embed -> Identity Second Pass -> Paste Face Back "
+                        "with default settings.",
             inputs=[
                 model_input(),
                 io.Image.Input("image", tooltip="Photos; any batch size. Each must show at least one face."),
@@ -41,8 +42,7 @@ class AgePhoto(io.ComfyNode):
                 *paste_inputs(),
             ],
             outputs=[io.Image.Output("result", display_name="image",
-                                     tooltip="Aged photos: photo by photo, then age by age."),
-                     io.Image.Output("aged_faces", display_name="faces", tooltip="The aged face crops: faces x ages.")],
+                                     tooltip="Aged photos: photo by photo, then age by age.")],
         )
 
     @classmethod
@@ -50,15 +50,26 @@ class AgePhoto(io.ComfyNode):
                 seed: int = 0, detector: str = "buffalo_l", face: str = "largest", face_index: int = 0,
                 det_size: int = 640, det_thresh: float = 0.5, strength: float = 0.0, id_strength: float = 0.0,
                 feather: float = 0.1, mask_scale: float = 0.9, color_match: str = "mean") -> io.NodeOutput:
+        from ..cradle2cane.photo import age_photo
+
         handle = model_handle(model, AGE_PHOTO)
         targets = parse_ages(target_ages, AGE_PHOTO)
-        crops, faces = detect_and_align(image, detector, face, face_index, det_size, det_thresh,
-                                        handle.model.resolution, AGE_PHOTO)
-        sources, genders = source_attributes(len(faces), source_age, gender, faces, AGE_PHOTO)
+        if face not in WHICH or gender not in GENDERS:
+            raise ValueError(f"{AGE_PHOTO}: face must be one of {WHICH} and gender one of {GENDERS}, "
+                             f"got {face!r} / {gender!r}")
+        finder = face_detector(detector, det_size, det_thresh)
+        count = image.shape[0]
+        progress = step_callback()
+        photos = []
         with running(handle) as core:
-            result = core(to_core(from_numpy(crops), AGE_PHOTO, "image"), targets, sources, genders, seed=seed,
-                          strength=optional_value(strength), id_strength=optional_value(id_strength),
-                          callback=step_callback())
-        aged = to_comfy(result.images)
-        photos = paste(image, faces, aged, feather, mask_scale, color_match, AGE_PHOTO)
-        return io.NodeOutput(from_numpy(photos), aged)
+            for p in range(count):
+                check_cancel()
+                result = age_photo(
+                    core, to_numpy(image[p]), targets, detector=finder,
+                    source_age=None if source_age < 0 else source_age, gender=None if gender == "auto" else gender,
+                    face=face_index if face == "index" else face, seed=seed, strength=optional_value(strength),
+                    id_strength=optional_value(id_strength), feather=feather, mask_scale=mask_scale,
+                    color_match=color_match, image_name=f"{AGE_PHOTO}: image {p} of the batch",
+                    callback=lambda step, total, p=p: progress(p * total + step, count * total))
+                photos.extend(result.photos)
+        return io.NodeOutput(from_numpy(photos))

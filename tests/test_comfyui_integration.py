@@ -58,7 +58,7 @@ EXPECTED = {
     "cradle2cane_two_pass_aligned_face": {"SaveImage": (1, TINY), "PreviewImage": (1, TINY)},
     "cradle2cane_photo_align_age_paste_back": {"SaveImage": (2, PHOTO_SIZE), "PreviewImage": (2, TINY)},
     "cradle2cane_lifespan_sweep_animation": {"SaveAnimatedWEBP": (1, PHOTO_SIZE), "PreviewImage": (8, TINY)},
-    "cradle2cane_age_photo_all_in_one": {"SaveImage": (1, PHOTO_SIZE), "PreviewImage": (1, TINY)},
+    "cradle2cane_age_photo_all_in_one": {"SaveImage": (1, PHOTO_SIZE)},
 }
 SWEEP_FRAMES = 8  # Lifespan Sweep's default 10..80 step 10
 
@@ -347,8 +347,8 @@ def test_interrupt_stops_a_run_and_the_next_prompt_gives_the_same_result(server,
     server.post("/interrupt")
     entry = server.wait(prompt_id)
     stopped_after = time.monotonic() - interrupted_at
-    kinds = [kind for kind, _ in entry["status"]["messages"]]
-    assert "execution_interrupted" in kinds, kinds
+    interrupted = [data for kind, data in entry["status"]["messages"] if kind == "execution_interrupted"]
+    assert interrupted and interrupted[0]["node_id"] == sweep, entry["status"]["messages"]  # stopped mid-sweep
     assert stopped_after < 5.0, f"took {stopped_after:.1f}s to stop"
     assert server.alive()
 
@@ -360,5 +360,4 @@ def test_interrupt_stops_a_run_and_the_next_prompt_gives_the_same_result(server,
     entry = server.wait(server.queue(prompt))
     again = _check_outputs(server, prompt, entry, "cradle2cane_age_photo_all_in_one")
     before = results["cradle2cane_age_photo_all_in_one"][0]
-    for kind in ("SaveImage", "PreviewImage"):
-        assert np.array_equal(np.asarray(again[kind][0]), np.asarray(before[kind][0])), kind
+    assert np.array_equal(np.asarray(again["SaveImage"][0]), np.asarray(before["SaveImage"][0]))

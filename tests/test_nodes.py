@@ -1,0 +1,621 @@
+"""The ComfyUI nodes without a ComfyUI: schemas, folders, every node's execute on the tiny set.
+
+ComfyUI is not installed in CI, so ``tests/comfy_stubs`` stands in for ``comfy_api.latest``,
+``folder_paths`` and ``comfy.*`` (same signatures and behaviour, far less of it). The pack is loaded
+the way ComfyUI loads it: its root ``__init__.py`` as a package, then ``comfy_entrypoint()``. The
+stand-ins are removed from ``sys.modules`` again when this module's tests end.
+``tests/test_comfyui_integration.py`` runs the same nodes inside the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STUBS = Path(__file__).resolve().parent / "comfy_stubs"
+STUB_MODULES = ("comfy_api", "comfy", "folder_paths", "workflows")
+PACK = "c2c_comfy_pack"  # ComfyUI names it after the folder; any name works
+
+NODE_NAMES = {
+    "C2C_LoadCradle2Cane": "Load Cradle2Cane",
+    "C2C_FaceAlign": "Face Align",
+    "C2C_AdaNIFirstPass": "AdaNI First Pass",
+    "C2C_IdentityEmbed": "Identity Embed (SVR-ArcFace/Rotate-CLIP)",
+    "C2C_IdentitySecondPass": "Identity Second Pass",
+    "C2C_PasteFaceBack": "Paste Face Back",
+    "C2C_LifespanSweep": "Lifespan Sweep",
+    "C2C_AgePhoto": "Cradle2Cane Age Photo",
+}
+SIZE = 128  # the tiny model's resolution
+
+
+def _drop_modules(prefixes) -> dict:
+    gone = {}
+    for name in list(sys.modules):
+        if name.split(".")[0] in prefixes:
+            gone[name] = sys.modules.pop(name)
+    return gone
+
+
+def _lay_out(tiny_models: Path, base: Path) -> None:
+    """The tiny set where a ComfyUI user keeps the real files (linked, not copied)."""
+    models = base / "models"
+    c2c = models / "cradle2cane"
+    c2c.mkdir(parents=True)
+    for entry in tiny_models.iterdir():
+        if entry.name != "insightface":
+            (c2c / entry.name).symlink_to(entry)
+    (models / "insightface" / "models").mkdir(parents=True)
+    (models / "insightface" / "models" / "buffalo_l").symlink_to(tiny_models / "insightface" / "models" / "buffalo_l")
+    (models / "checkpoints").mkdir()
+    single = tiny_models / "sd_xl_turbo_1.0_fp16.safetensors"
+    (models / "checkpoints" / single.name).symlink_to(single)
+
+
+@pytest.fixture(scope="module")
+def comfy(tiny_models, tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    _lay_out(Path(tiny_models), base)
+    saved = _drop_modules(STUB_MODULES + (PACK,))
+    sys.path.insert(0, str(STUBS))
+    try:
+        import comfy.model_management as mm
+        import comfy.utils
+        import folder_paths
+
+        folder_paths.use_base_directory(str(base))
+        spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+        pack = importlib.util.module_from_spec(spec)
+        sys.modules[PACK] = pack
+        spec.loader.exec_module(pack)
+        light = not any(name.startswith(f"{PACK}.") for name in sys.modules)
+        extension = asyncio.run(pack.comfy_entrypoint())
+        classes = asyncio.run(extension.get_node_list())
+        yield SimpleNamespace(pack=pack, light=light, extension=extension, classes=classes, base=base, mm=mm,
+                              utils=comfy.utils, folder_paths=folder_paths,
+                              nodes={cls.GET_SCHEMA().node_id: cls for cls in classes},
+                              models=sys.modules[f"{PACK}.nodes.models"], handles=sys.modules[f"{PACK}.nodes.handles"])
+    finally:
+        sys.path.remove(str(STUBS))
+        _drop_modules(STUB_MODULES + (PACK,))
+        sys.modules.update(saved)
+
+
+def run(comfy, node_id: str, **inputs):
+    return comfy.nodes[node_id].execute(**inputs).args
+
+
+@pytest.fixture(scope="module")
+def model(comfy):
+    (handle,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", base="auto", precision="fp32",
+                    device="cpu", memory="default")
+    return handle
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """The shipped example photo as a ComfyUI IMAGE [1,512,512,3]."""
+    from PIL import Image
+
+    array = np.asarray(Image.open(ROOT / "assets" / "astronaut.jpg").convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array)[None]
+
+
+def _painted(centres, size=90, shape=(240, 400)):
+    from cradle2cane.tiny_faces import paint_face
+
+    image = np.full((*shape, 3), (40, 60, 90), np.uint8)
+    for c in centres:
+        paint_face(image, c, size)
+    return torch.from_numpy(image.astype(np.float32) / 255.0)[None]
+
+
+@pytest.fixture(scope="module")
+def aligned(comfy, photo):
+    images = torch.cat([photo, photo.flip(2)])  # the face, and its mirror image
+    return run(comfy, "C2C_FaceAlign", image=images, detector="buffalo_l", face="largest", face_index=0,
+               det_size=640, det_thresh=0.5, size=SIZE)
+
+
+# ----------------------------------------------------------------------------- registration and schemas
+
+
+def test_entry_point_is_v3_only_and_light(comfy):
+    assert not hasattr(comfy.pack, "NODE_CLASS_MAPPINGS") and not hasattr(comfy.pack, "NODE_DISPLAY_NAME_MAPPINGS")
+    assert comfy.light, "importing the pack's __init__ imported its nodes (it must only register on demand)"
+    from comfy_api.latest import ComfyExtension
+
+    assert isinstance(comfy.extension, ComfyExtension)
+
+
+def test_every_node_is_listed_once_with_its_display_name(comfy):
+    ids = [cls.GET_SCHEMA().node_id for cls in comfy.classes]
+    assert len(ids) == len(set(ids))
+    assert {i: comfy.nodes[i].GET_SCHEMA().display_name for i in ids} == NODE_NAMES
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_NAMES))
+def test_schema_has_descriptions_tooltips_and_known_types(comfy, node_id):
+    schema = comfy.nodes[node_id].GET_SCHEMA()
+    assert schema.category.split("/")[0] == "cradle2cane" and len(schema.description) > 40
+    known = {"IMAGE", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "C2C_MODEL", "C2C_FACES", "C2C_AGING",
+             "C2C_IDENTITY"}
+    for item in schema.inputs:
+        assert item.tooltip and len(item.tooltip) > 10, f"{node_id}.{item.id} has no tooltip"
+        assert item.io_type in known, (node_id, item.id, item.io_type)
+        if item.io_type == "COMBO":
+            assert item.options and (item.default is None or item.default in item.options), (node_id, item.id)
+    for item in schema.outputs:
+        assert item.display_name and item.tooltip and item.io_type in known, (node_id, item.id)
+    info = comfy.nodes[node_id].GET_NODE_INFO_V1()
+    assert info["input_order"]["required"], node_id
+
+
+def test_handles_are_distinct_custom_types(comfy):
+    outputs = {o.io_type for cls in comfy.classes for o in cls.GET_SCHEMA().outputs}
+    assert {"C2C_MODEL", "C2C_FACES", "C2C_AGING", "C2C_IDENTITY", "IMAGE"} <= outputs
+
+
+def test_node_modules_stay_thin(comfy):
+    """Adapters only: no torch.nn modules or samplers defined in nodes/."""
+    for path in (ROOT / "nodes").glob("*.py"):
+        text = path.read_text()
+        assert "nn.Module" not in text and "unet(" not in text and "scheduler" not in text, path.name
+        assert len(text) < 24_000, f"{path.name} is getting large; split it by idea"
+
+
+# ----------------------------------------------------------------------------- folders and dropdowns
+
+
+def test_model_folders_are_added_after_extra_model_paths(comfy):
+    fp, models = comfy.folder_paths, comfy.models
+    extra = str(comfy.base / "elsewhere")
+    saved = {k: (list(v[0]), v[1]) for k, v in fp.folder_names_and_paths.items()}
+    try:
+        fp.folder_names_and_paths.pop("insightface", None)
+        fp.folder_names_and_paths["cradle2cane"] = ([extra], {".safetensors"})  # as extra_model_paths.yaml does
+        models.register_folders()
+        models.register_folders()  # idempotent
+        default = str(comfy.base / "models" / "cradle2cane")
+        assert fp.get_folder_paths("cradle2cane") == [extra, default]
+        assert fp.get_folder_paths("insightface") == [str(comfy.base / "models" / "insightface")]
+    finally:
+        fp.folder_names_and_paths.clear()
+        fp.folder_names_and_paths.update(saved)
+
+
+def test_dropdowns_list_what_is_on_disk(comfy):
+    models = comfy.models
+    assert models.cradle2cane_options()[0] == "Cradle2Cane"
+    diffusers = comfy.base / "models" / "diffusers"
+    diffusers.mkdir(exist_ok=True)
+    (diffusers / "sdxl-turbo").symlink_to(comfy.base / "models" / "cradle2cane" / "sdxl-turbo")
+    try:
+        assert models.base_options() == ["auto", "checkpoints/sd_xl_turbo_1.0_fp16.safetensors",
+                                          "diffusers/sdxl-turbo"]
+    finally:
+        (diffusers / "sdxl-turbo").unlink()
+    assert models.insightface_options() == ["buffalo_l"]
+    schema = comfy.nodes["C2C_LoadCradle2Cane"].GET_SCHEMA()
+    assert {i.id: i.options for i in schema.inputs}["base"][0] == "auto"
+
+
+def test_base_choices_resolve_to_the_files(comfy):
+    models = comfy.models
+    root = comfy.base / "models" / "cradle2cane"
+    assert models.resolve_base("auto", root) is None  # the core finds sdxl-turbo/ in the models folder
+    single = models.resolve_base("checkpoints/sd_xl_turbo_1.0_fp16.safetensors", root)
+    assert single == comfy.base / "models" / "checkpoints" / "sd_xl_turbo_1.0_fp16.safetensors"
+    with pytest.raises(FileNotFoundError, match="press R"):
+        models.resolve_base("checkpoints/missing.safetensors", root)
+    with pytest.raises(ValueError, match="dropdown"):
+        models.resolve_base("somewhere/else", root)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_loader_caches_by_files_dtype_device_and_memory(comfy, model):
+    assert isinstance(model, comfy.handles.ModelHandle) and model.device.type == "cpu"
+    assert model.model.dtype == torch.float32 and model.size_bytes > 0
+    (again,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", base="auto", precision="auto",
+                   device="cpu", memory="offload between runs")
+    assert again.model is model.model  # auto = fp32 on the CPU: the same cached model
+    assert again.memory == "offload between runs"
+
+
+def test_single_file_base_from_checkpoints_loads(comfy, model):
+    (handle,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane",
+                    base="checkpoints/sd_xl_turbo_1.0_fp16.safetensors", precision="fp32", device="cpu",
+                    memory="default")
+    try:
+        assert handle.model is not model.model and handle.model.resolution == SIZE
+    finally:
+        comfy.models.clear_cache()
+
+
+def test_missing_model_folder_says_where_and_how(comfy):
+    with pytest.raises(FileNotFoundError) as error:
+        run(comfy, "C2C_LoadCradle2Cane", cradle2cane="MyRun", base="auto", precision="auto", device="cpu",
+            memory="default")
+    message = str(error.value)
+    assert "pytorch_lora_weights.safetensors" in message and "MyRun" in message
+    assert "huggingface-cli download byliutao/Cradle2Cane" in message
+    assert str(comfy.base / "models" / "cradle2cane") in message
+
+
+def test_bad_choices_are_refused(comfy):
+    for bad in ({"precision": "fp8"}, {"memory": "swap"}, {"device": "tpu"}):
+        inputs = {"cradle2cane": "Cradle2Cane", "base": "auto", "precision": "fp32", "device": "cpu",
+                  "memory": "default", **bad}
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            run(comfy, "C2C_LoadCradle2Cane", **inputs)
+
+
+class _FakeModel:
+    """Records moves; stands in for a Cradle2Cane in the device bookkeeping test."""
+
+    def __init__(self, device):
+        self.device, self.moves, self.released = torch.device(device), [], 0
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.moves.append(str(self.device))
+        return self
+
+    def release_memory(self):
+        self.released += 1
+
+
+def test_running_moves_the_model_and_parks_it_between_runs(comfy, monkeypatch):
+    models, mm = comfy.models, comfy.mm
+    monkeypatch.setattr(mm, "unet_offload_device", lambda: torch.device("cpu"))
+    fake = _FakeModel("cpu")
+    gpu = torch.device("cuda", 0)  # only compared, never used
+    handle = comfy.handles.ModelHandle(fake, comfy.base, gpu, models.BETWEEN_RUNS, 123)
+    mm.calls.clear()
+    with pytest.raises(RuntimeError):
+        with models.running(handle) as inside:
+            assert inside is fake and fake.device == gpu
+            raise RuntimeError("a node failed")
+    assert fake.moves == ["cuda:0", "cpu"]  # parked again, also after the error
+    assert ("free_memory", 123, gpu) in mm.calls and ("soft_empty_cache",) in mm.calls
+
+    fake = _FakeModel("cuda:0")
+    with models.running(comfy.handles.ModelHandle(fake, comfy.base, gpu, "default", 1)):
+        pass
+    assert fake.moves == []  # already there, stays there
+
+    fake = _FakeModel("cpu")
+    with models.running(comfy.handles.ModelHandle(fake, comfy.base, gpu, "model offload", 1)):
+        pass
+    assert fake.moves == [] and fake.released == 1  # the core's offload hooks move it, not .to()
+
+
+# ----------------------------------------------------------------------------- faces
+
+
+def test_face_align_keeps_batch_order_and_estimates(comfy, aligned, photo):
+    crops, faces = aligned
+    assert crops.shape == (2, SIZE, SIZE, 3) and crops.dtype == torch.float32
+    assert 0 <= float(crops.min()) and float(crops.max()) <= 1
+    assert faces.photo_index == (0, 1) and faces.photo_count == 2 and len(faces) == 2
+    assert all(f.age is not None and f.gender in ("male", "female") for f in faces.faces)
+    assert all(f.image.size == 0 for f in faces.faces)  # the handle carries transforms, not pixels
+    # The mirrored photo gives the mirrored face (up to interpolation).
+    assert torch.allclose(crops[1], crops[0].flip(1), atol=0.2)
+
+
+def test_face_align_all_faces_left_to_right(comfy):
+    image = _painted([(300, 120), (100, 120)])
+    crops, faces = run(comfy, "C2C_FaceAlign", image=image, detector="buffalo_l", face="all", face_index=0,
+                       det_size=640, det_thresh=0.5, size=64)
+    assert crops.shape == (2, 64, 64, 3) and faces.photo_index == (0, 0)
+    centres = [f.bbox[0] + f.bbox[2] for f in faces.faces]
+    assert centres[0] < centres[1]
+    (_, one) = run(comfy, "C2C_FaceAlign", image=image, detector="buffalo_l", face="index", face_index=1,
+                   det_size=640, det_thresh=0.5, size=64)
+    assert np.allclose(one.faces[0].bbox, faces.faces[1].bbox)
+
+
+def test_no_face_names_the_image_and_what_to_try(comfy, photo):
+    images = torch.cat([photo, torch.zeros_like(photo)])
+    with pytest.raises(ValueError) as error:
+        run(comfy, "C2C_FaceAlign", image=images, detector="buffalo_l", face="largest", face_index=0,
+            det_size=640, det_thresh=0.5, size=SIZE)
+    message = str(error.value)
+    assert message.startswith("Face Align") and "image 1 of the batch" in message
+    assert "det_thresh" in message and "AdaNI First Pass" in message
+
+
+def test_missing_face_pack_says_where_to_unzip(comfy, photo):
+    with pytest.raises(FileNotFoundError, match="antelopev2.zip"):
+        run(comfy, "C2C_FaceAlign", image=photo, detector="antelopev2", face="largest", face_index=0,
+            det_size=640, det_thresh=0.5, size=SIZE)
+
+
+def test_nodes_load_without_insightface_and_face_nodes_say_what_to_install(comfy, photo, monkeypatch):
+    for name in ("insightface", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    classes = asyncio.run(comfy.extension.get_node_list())
+    assert len(classes) == len(NODE_NAMES)
+    face_module = sys.modules[f"{PACK}.cradle2cane.face"]
+    face_module.clear_detector_cache()
+    with pytest.raises(ImportError, match="pip install onnxruntime"):
+        run(comfy, "C2C_FaceAlign", image=photo, detector="buffalo_l", face="largest", face_index=0,
+            det_size=640, det_thresh=0.5, size=SIZE)
+
+
+# ----------------------------------------------------------------------------- the two passes
+
+
+def _chain(comfy, model, crops, faces, ages="30, 70", seed=5):
+    aged, aging = run(comfy, "C2C_AdaNIFirstPass", model=model, image=crops, target_ages=ages, source_age=-1,
+                      gender="auto", faces=faces, seed=seed, strength=0.0)
+    (identity,) = run(comfy, "C2C_IdentityEmbed", model=model, source=crops, aged=aged, aging=aging,
+                      svr="model default", clip_rotation="model default", swr_alpha=-1.0, swr_beta=-1.0)
+    (final,) = run(comfy, "C2C_IdentitySecondPass", model=model, aged=aged, identity=identity, aging=aging,
+                   seed=-1, id_strength=0.0)
+    return aged, aging, identity, final
+
+
+def test_five_nodes_equal_the_core_call(comfy, model, aligned):
+    crops, faces = aligned
+    aged, aging, identity, final = _chain(comfy, model, crops, faces)
+    assert aged.shape == final.shape == (4, SIZE, SIZE, 3)  # 2 faces x 2 ages, face by face
+    assert aging.first.target_ages == [30, 70, 30, 70] and aging.first.source_index == [0, 0, 1, 1]
+    assert identity.conditioning.shape[:2] == (4, 2) and identity.conditioning.device.type == "cpu"
+    ages = [f.age for f in faces.faces]
+    genders = [f.gender for f in faces.faces]
+    expected = model.model(crops.permute(0, 3, 1, 2), [30, 70], ages, genders, seed=5)
+    # Equal up to float32 noise (the memory layout of the input changes the convolutions' summation order).
+    assert torch.allclose(final, expected.images.permute(0, 2, 3, 1), atol=1e-5)
+    assert torch.allclose(aged, expected.aged.permute(0, 2, 3, 1), atol=1e-5)
+
+
+def test_sweep_equals_the_five_nodes(comfy, model, aligned):
+    crops, faces = aligned
+    images, labels = run(comfy, "C2C_LifespanSweep", model=model, image=crops, start_age=70, end_age=30, step=40,
+                         ages="", source_age=-1, gender="auto", faces=faces, seed=5, id_strength=0.0)
+    assert labels == "70, 30" and images.shape == (4, SIZE, SIZE, 3)
+    final = _chain(comfy, model, crops, faces, ages="70, 30")[3]
+    assert torch.allclose(images, final, atol=1e-5)  # float32 noise: CLIP texts batch differently
+    images, labels = run(comfy, "C2C_LifespanSweep", model=model, image=crops[:1], start_age=0, end_age=0, step=1,
+                         ages="10-30:10", source_age=40, gender="female", faces=None, seed=0, id_strength=0.0)
+    assert labels == "10, 20, 30" and images.shape[0] == 3
+
+
+def test_given_source_age_and_gender_need_no_faces(comfy, model, aligned):
+    crops, _ = aligned
+    aged, aging = run(comfy, "C2C_AdaNIFirstPass", model=model, image=crops[:1], target_ages="45", source_age=40,
+                      gender="male", faces=None, seed=0, strength=0.75)
+    assert aging.first.source_ages == [40] and aging.first.genders == ["male"] and aging.first.strengths == [0.75]
+    with pytest.raises(ValueError, match="connect it, or set source_age and gender"):
+        run(comfy, "C2C_AdaNIFirstPass", model=model, image=crops, target_ages="45", source_age=-1,
+            gender="male", faces=None, seed=0, strength=0.0)
+
+
+def test_identity_options_reach_the_core(comfy, model, aligned):
+    crops, faces = aligned
+    aged, aging = run(comfy, "C2C_AdaNIFirstPass", model=model, image=crops[:1], target_ages="70", source_age=30,
+                      gender="female", faces=None, seed=0, strength=0.0)
+    embed = lambda **o: run(comfy, "C2C_IdentityEmbed", model=model, source=crops[:1], aged=aged, aging=aging,  # noqa: E731
+                            **{"svr": "model default", "clip_rotation": "model default", "swr_alpha": -1.0,
+                               "swr_beta": -1.0, **o})[0].conditioning
+    default = embed()
+    assert torch.equal(default, embed(svr="on", clip_rotation="angle", swr_alpha=0.01, swr_beta=1.1))
+    assert not torch.equal(default[:, 0], embed(svr="off")[:, 0])
+    assert not torch.equal(default[:, 1], embed(clip_rotation="vector")[:, 1])
+
+
+@pytest.mark.parametrize("text, ages", [("70", [70]), ("20, 40;60", [20, 40, 60]), ("10-30:10", [10, 20, 30]),
+                                        ("10 - 20 : 5, 0", [10, 15, 20, 0]), ("80-60:10", [80, 70, 60])])
+def test_age_lists(comfy, text, ages):
+    layout = sys.modules[f"{PACK}.nodes.layout"]
+    assert layout.parse_ages(text, "AdaNI First Pass") == ages
+
+
+@pytest.mark.parametrize("text, words", [("120", ["120", "0 and 100"]), ("-5", ["-5"]), ("7.5", ["whole"]),
+                                         ("old", ["'old'", "e.g."]), ("", ["empty"])])
+def test_bad_ages_say_what_and_how(comfy, model, aligned, text, words):
+    with pytest.raises(ValueError) as error:
+        run(comfy, "C2C_AdaNIFirstPass", model=model, image=aligned[0], target_ages=text, source_age=-1,
+            gender="auto", faces=aligned[1], seed=0, strength=0.0)
+    assert str(error.value).startswith("AdaNI First Pass")
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_wrong_handles_say_which_socket_to_connect(comfy, model, aligned):
+    crops, faces = aligned
+    aged, aging, identity, _ = _chain(comfy, model, crops[:1], type(faces)(faces.faces[:1], (0,), 1), ages="60")
+    with pytest.raises(TypeError, match="needs a C2C_MODEL handle, got C2C_FACES.*'Load Cradle2Cane'"):
+        run(comfy, "C2C_AdaNIFirstPass", model=faces, image=crops, target_ages="70", source_age=-1, gender="auto",
+            faces=faces, seed=0, strength=0.0)
+    with pytest.raises(TypeError, match="'aging' needs a C2C_AGING handle, got C2C_IDENTITY"):
+        run(comfy, "C2C_IdentitySecondPass", model=model, aged=aged, identity=identity, aging=identity, seed=-1,
+            id_strength=0.0)
+    with pytest.raises(TypeError, match="'faces' needs a C2C_FACES handle, got C2C_AGING"):
+        run(comfy, "C2C_PasteFaceBack", image=crops, faces=aging, aged=aged)
+    other_aged, other_aging = run(comfy, "C2C_AdaNIFirstPass", model=model, image=crops, target_ages="20",
+                                  source_age=30, gender="male", faces=None, seed=0, strength=0.0)
+    with pytest.raises(ValueError, match="another pass-1 run"):
+        run(comfy, "C2C_IdentitySecondPass", model=model, aged=other_aged, identity=identity, aging=other_aging,
+            seed=-1, id_strength=0.0)
+    with pytest.raises(ValueError, match="same Face Align"):
+        run(comfy, "C2C_AdaNIFirstPass", model=model, image=crops[:1], target_ages="70", source_age=-1,
+            gender="auto", faces=faces, seed=0, strength=0.0)
+    with pytest.raises(ValueError, match=r"\[B,H,W,3\]"):
+        run(comfy, "C2C_AdaNIFirstPass", model=model, image=crops[0], target_ages="70", source_age=30,
+            gender="male", faces=None, seed=0, strength=0.0)
+
+
+# ----------------------------------------------------------------------------- paste back and all-in-one
+
+
+def test_paste_back_gives_one_photo_per_age_and_keeps_the_background(comfy, model, photo, aligned):
+    crops, faces = aligned
+    photos = torch.cat([photo, photo.flip(2)])
+    final = _chain(comfy, model, crops, faces)[3]
+    (out,) = run(comfy, "C2C_PasteFaceBack", image=photos, faces=faces, aged=final, feather=0.1, mask_scale=0.9,
+                 color_match="mean")
+    assert out.shape == (4, 512, 512, 3)  # photo 0 at 30 and 70, photo 1 at 30 and 70
+    for i in range(4):
+        source = photos[i // 2]
+        assert torch.equal(out[i, :40, :40], source[:40, :40])  # far from the face: untouched
+        assert (out[i] - source).abs().mean() > 1e-3  # the face changed
+    assert not torch.equal(out[0], out[1])
+    with pytest.raises(ValueError, match="same images that went into Face Align"):
+        run(comfy, "C2C_PasteFaceBack", image=photo, faces=faces, aged=final)
+    with pytest.raises(ValueError, match="faces x ages"):
+        run(comfy, "C2C_PasteFaceBack", image=photos, faces=faces, aged=final[:3])
+
+
+def test_age_photo_equals_the_node_chain(comfy, model, photo, aligned):
+    crops, faces = run(comfy, "C2C_FaceAlign", image=photo, detector="buffalo_l", face="largest", face_index=0,
+                       det_size=640, det_thresh=0.5, size=SIZE)
+    final = _chain(comfy, model, crops, faces, ages="25, 75", seed=9)[3]
+    (chain,) = run(comfy, "C2C_PasteFaceBack", image=photo, faces=faces, aged=final, feather=0.1, mask_scale=0.9,
+                   color_match="mean")
+    (allinone,) = run(comfy, "C2C_AgePhoto", model=model, image=photo, target_ages="25, 75", source_age=-1,
+                      gender="auto", seed=9, detector="buffalo_l", face="largest", face_index=0, det_size=640,
+                      det_thresh=0.5, strength=0.0, id_strength=0.0, feather=0.1, mask_scale=0.9,
+                      color_match="mean")
+    assert allinone.shape == (2, 512, 512, 3)
+    assert torch.allclose(allinone, chain, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- progress and cancel
+
+
+def test_progress_bar_follows_the_unet_steps(comfy, model, aligned, monkeypatch):
+    updates = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        updates.append((value, total)))
+    crops, faces = aligned
+    run(comfy, "C2C_LifespanSweep", model=model, image=crops[:1], start_age=20, end_age=80, step=60, ages="",
+        source_age=20, gender="male", faces=None, seed=0, id_strength=0.0)
+    # ages 20 (gap 0: 1 step) and 80 (gap 60: 3 steps) in pass 1, then one identity step for the batch
+    assert updates == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+@pytest.mark.parametrize("node_id", ["C2C_AdaNIFirstPass", "C2C_LifespanSweep", "C2C_AgePhoto"])
+def test_cancel_stops_within_a_step_and_restores_the_lora(comfy, model, aligned, photo, node_id, monkeypatch):
+    from cradle2cane.passes import lora_is_enabled
+
+    crops, faces = aligned
+    calls = {
+        "C2C_AdaNIFirstPass": dict(model=model, image=crops, target_ages="90", source_age=-1, gender="auto",
+                                   faces=faces, seed=0, strength=0.0),
+        "C2C_LifespanSweep": dict(model=model, image=crops, start_age=90, end_age=90, step=1, ages="",
+                                  source_age=-1, gender="auto", faces=faces, seed=0, id_strength=0.0),
+        "C2C_AgePhoto": dict(model=model, image=photo, target_ages="90", seed=0),
+    }
+    steps = []
+
+    def cancel_after_first_step(value, total, preview, node_id=None):
+        steps.append(value)
+        comfy.mm.interrupt_current_processing()  # the user presses Cancel during step 1
+
+    unet = model.model.pipe.unet
+    assert lora_is_enabled(unet)
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", cancel_after_first_step)
+    with pytest.raises(comfy.mm.InterruptProcessingException):
+        run(comfy, node_id, **calls[node_id])
+    assert steps == [1]  # the next step's callback stopped it
+    assert lora_is_enabled(unet)  # pass 1 had switched it off
+    assert not comfy.mm.processing_interrupted()
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", None)
+    first = run(comfy, node_id, **calls[node_id])[0]
+    again = run(comfy, node_id, **calls[node_id])[0]
+    assert torch.equal(first, again)
+
+
+# ----------------------------------------------------------------------------- shipped files
+
+
+def _workflow_names():
+    return sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
+
+
+def test_every_ui_workflow_has_an_api_twin():
+    api = sorted(p.stem for p in (ROOT / "example_workflows" / "api").glob("*.json"))
+    assert api == _workflow_names() and len(api) >= 4
+
+
+@pytest.mark.parametrize("name", _workflow_names())
+def test_api_twin_is_what_the_frontend_queues_for_the_ui_graph(comfy, name):
+    from workflows import CORE_NODE_INFO, ui_to_api
+
+    info = {**CORE_NODE_INFO, **{i: cls.GET_NODE_INFO_V1() for i, cls in comfy.nodes.items()}}
+    graph = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
+    api = json.loads((ROOT / "example_workflows" / "api" / f"{name}.json").read_text())
+    assert ui_to_api(graph, info) == api, (
+        f"example_workflows/api/{name}.json is out of date: export the graph again in ComfyUI "
+        "(Workflow > Export (API)) or regenerate it with tests/comfy_stubs/workflows.py's ui_to_api")
+    links = {link[0]: link for link in graph["links"]}
+    for node in graph["nodes"]:
+        for slot, entry in enumerate(node.get("inputs", [])):
+            if entry.get("link") is not None:
+                link = links[entry["link"]]
+                assert link[3] == node["id"] and link[4] == slot and link[5] == entry["type"]
+        for slot, out in enumerate(node.get("outputs", [])):
+            for link_id in out.get("links") or []:
+                assert links[link_id][1] == node["id"] and links[link_id][2] == slot
+    assert graph["last_node_id"] == max(n["id"] for n in graph["nodes"])
+    assert graph["last_link_id"] == max(links, default=0)
+
+
+def test_workflows_cover_the_use_cases():
+    uses = {name: {n["class_type"] for n in json.loads(
+        (ROOT / "example_workflows" / "api" / f"{name}.json").read_text()).values()} for name in _workflow_names()}
+    five = {"C2C_LoadCradle2Cane", "C2C_FaceAlign", "C2C_AdaNIFirstPass", "C2C_IdentityEmbed",
+            "C2C_IdentitySecondPass"}
+    assert any(five <= used and "C2C_PasteFaceBack" not in used for used in uses.values())
+    assert any(five | {"C2C_PasteFaceBack"} <= used for used in uses.values())
+    assert any({"C2C_LifespanSweep", "SaveAnimatedWEBP"} <= used for used in uses.values())
+    assert set().union(*uses.values()) >= set(NODE_NAMES)
+    for used in uses.values():
+        loads = [n for n in used if n == "LoadImage"]
+        assert loads
+    for name in _workflow_names():
+        api = json.loads((ROOT / "example_workflows" / "api" / f"{name}.json").read_text())
+        images = [n["inputs"]["image"] for n in api.values() if n["class_type"] == "LoadImage"]
+        assert all((ROOT / "assets" / image).is_file() for image in images), images
+
+
+def test_example_image_is_small_and_shows_a_face(tiny_models):
+    from PIL import Image
+
+    from cradle2cane.face import FaceDetector, find_insightface_pack
+
+    path = ROOT / "assets" / "astronaut.jpg"
+    assert path.stat().st_size < 150_000
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape == (512, 512, 3)
+    assert FaceDetector(find_insightface_pack(tiny_models)).find(image)
+
+
+def test_requirements_txt_equals_the_pyproject_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lines = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines == project["project"]["dependencies"]
+
+
+def test_registry_metadata():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    comfy = project["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["requires-comfyui"].startswith(">=")
+    assert "Icon" in comfy
+    assert project["project"]["urls"]["Repository"].startswith("https://")
