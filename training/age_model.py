@@ -10,9 +10,11 @@ contract:
   ``"age"`` and ``"features"``. ``features`` (any shape ``[B,...]``) feed the age-feature cosine
   loss; without them that loss must be switched off (``age_loss_2_weight=0``).
 
-``age_model_path`` is either a TorchScript file (``torch.jit.save`` of your wrapped model; see
-docs/training.md for how to export MiVOLO) or ``package.module:factory``, a Python callable
-returning an ``nn.Module`` (use it when the network's code is importable).
+``age_model_path`` is one of: a ``torch.export`` program (``.pt2``, saved with
+``torch.export.save`` from the network in eval mode, batch dimension dynamic); a TorchScript file
+(any other extension, ``torch.jit.save``); or ``package.module:factory``, a Python callable
+returning an ``nn.Module`` (use it when the network's code is importable). docs/training.md shows
+how to wrap and export MiVOLO.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEFAULT_FILE = "age_regressor.pt"
+DEFAULT_FILE = "age_regressor.pt2"
 
 
 class AgeModelError(FileNotFoundError):
@@ -62,11 +64,16 @@ def _load_module(spec: str | Path) -> nn.Module:
         return model
     if not path.is_file():
         raise _missing(path)
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(str(path)).module()
+        except Exception as exc:  # export raises many types for foreign or corrupt files
+            raise AgeModelError(f"{path}: not a torch.export program ({type(exc).__name__}: {exc})") from exc
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # jit raises RuntimeError and friends for non-TorchScript files
-        raise AgeModelError(f"{path}: not a TorchScript module ({type(exc).__name__}: {exc}). Export your regressor "
-                            f"with torch.jit.script/trace + torch.jit.save, or use 'package.module:factory'.") from exc
+        raise AgeModelError(f"{path}: not a TorchScript module ({type(exc).__name__}: {exc}). Save your regressor "
+                            f"with torch.export.save (.pt2) or torch.jit.save, or use 'package.module:factory'.") from exc
 
 
 class AgeRegressor(nn.Module):
@@ -80,6 +87,15 @@ class AgeRegressor(nn.Module):
         self.source = source
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "AgeRegressor":
+        # Exported programs refuse train()/eval(): they are frozen in the mode they were exported in.
+        self.training = mode
+        try:
+            self.network.train(mode)
+        except NotImplementedError:
+            pass
+        return self
 
     def forward(self, images: torch.Tensor) -> AgeOutput:
         x = F.interpolate(images.float(), size=(self.input_size, self.input_size), mode="bilinear",
@@ -131,12 +147,15 @@ class _TinyAgeNet(nn.Module):
         return 40.0 + 30.0 * torch.tanh(self.head(features)[:, 0]), features
 
 
-def write_tiny_age_regressor(path: str | Path, seed: int = 0) -> Path:
-    """Save a random TorchScript age regressor (contract above) - for tests and demos only."""
+def write_tiny_age_regressor(path: str | Path, seed: int = 0, input_size: int = 224) -> Path:
+    """Save a random age regressor as a torch.export program (contract above) - for tests and demos only."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         network = _TinyAgeNet().eval()
-    torch.jit.save(torch.jit.script(network), str(path))
+        example = torch.rand(2, 3, input_size, input_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(network, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
     return path

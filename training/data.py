@@ -83,7 +83,7 @@ def check_label(age: Any, gender: Any) -> tuple[int, str]:
     except (TypeError, ValueError):
         raise ValueError(f"age {age!r} is not a number") from None
     if math.isnan(value) or not MIN_AGE <= value <= MAX_AGE:
-        raise ValueError(f"age {age!r} outside {MIN_AGE}..{MAX_AGE}")
+        raise ValueError(f"age {age} outside {MIN_AGE}..{MAX_AGE}")
     try:
         gender = check_gender(gender)
     except ValueError:
@@ -259,10 +259,10 @@ def read_label_file(path: str | Path) -> list[tuple[int, str, Any, Any]]:
     file_col = _column(header, FILE_COLUMNS)
     age_col = _column(header, AGE_COLUMNS)
     gender_col = _column(header, GENDER_COLUMNS)
-    missing = [what for what, col in (("an image/file", file_col), ("an age", age_col), ("a gender", gender_col))
+    missing = [what for what, col in (("image/file", file_col), ("age", age_col), ("gender", gender_col))
                if col is None]
     if missing:
-        raise DatasetError(f"{path}: no {' or '.join(missing)} column (columns found: {', '.join(header) or 'none'}); "
+        raise DatasetError(f"{path}: has no {', '.join(missing)} column (columns found: {', '.join(header) or 'none'}); "
                            f"expected image,age,gender")
     for i, record in enumerate(records):
         rows.append((i + start + 1, str(record.get(file_col) or "").strip(), record.get(age_col),

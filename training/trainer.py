@@ -184,7 +184,7 @@ class Trainer:
     # ---------------------------------------------------------------- set-up
 
     def _accelerator(self):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, PartialState
         from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 
         cfg = self.cfg
@@ -192,7 +192,7 @@ class Trainer:
         if cfg.report_to == "tensorboard":
             if _tensorboard_available():
                 log_with = "tensorboard"
-            else:
+            elif PartialState().is_main_process:
                 logger.warning("tensorboard is not installed: losses go to the progress bar and %s only "
                                "(pip install tensorboard to get curves)", self.output_dir / LOG_FILE)
         project = ProjectConfiguration(project_dir=str(self.output_dir),
@@ -452,7 +452,7 @@ class Trainer:
                     terms["age_loss"] = cfg.age_loss_weight * L.age_loss(predicted.ages, target)
                 if cfg.age_loss_2_weight > 0:
                     if predicted.features is None:
-                        raise TrainingError(f"the age regressor {cfg.age_model_path or 'age_regressor.pt'} returns no "
+                        raise TrainingError(f"the age regressor {cfg.age_model_path or 'age_regressor.pt2'} returns no "
                                             f"features, which age_loss_2 needs; return (ages, features) or set "
                                             f"age_loss_2_weight=0")
                     with torch.no_grad():
