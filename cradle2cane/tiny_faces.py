@@ -21,26 +21,47 @@ How the planted detector finds faces
 A pixel is "skin" when its chroma ``(R - G, G - B)`` lies within
 :data:`SKIN_RADIUS` of :data:`SKIN_CHROMA` (0..255 units, full strength inside
 ``SKIN_RADIUS - SKIN_RAMP``) and its red is above :data:`SKIN_MIN_RED`, so
-black, grey, white, saturated red and blue pixels are never skin, while the
-lit face of ``skimage.data.astronaut()`` mostly is.  A face is a *blob* of skin:
-for every anchor the detector compares the mean skin mass inside a square
-template of side ``F`` centred on the anchor with the mass in the surrounding
-``2F`` square, ``contrast = 4/3 * (inner - outer)`` (1 for a blob exactly the
-template's size, 0 for uniform skin or no skin), and scores
-``sigmoid(SCORE_GAIN * (contrast - SCORE_BIAS))``.  Template sides are 16, 32
-(stride 8), 64, 96 (stride 16), 128, 192 (stride 32) pixels of the detector
-input, so, like a real SCRFD, a face taller than about three quarters of the
-detector input is missed (and found again at a smaller ``det_size``), and
+black, grey, white, saturated orange, red and blue pixels are never skin, while
+the lit face of ``skimage.data.astronaut()`` mostly is.  Skin only counts where
+it is *solid*: the skin density of each 8x8 cell of the detector input is mapped
+from :data:`SOLID_LOW`..:data:`SOLID_HIGH` to 0..1, so thin skin-coloured
+lines (the fringe between orange cloth and a white strap, JPEG ringing) and
+speckle count for nothing.
+
+A face is a *blob* of solid skin: for every anchor the detector compares the
+mean solid skin inside a square template of side ``F`` centred on the anchor
+with its surroundings three ways: the ring out to the ``2F`` square,
+``4/3 * (inner - ring square)``, the neighbours left and right (a ``3F x F``
+row) and those above and below (an ``F x 3F`` column),
+``3/2 * (inner - row or column)``.  Each is 1 for a blob exactly the template's
+size and 0 for uniform skin or no skin; the row and column also reject long
+strips such as straps and sleeve edges.  A fourth term keeps each blob to the
+template that fits it: the skin in the anchor's ``3F`` window, as a square of
+side ``r * F``, must have ``r`` below :data:`SIZE_RATIO_MAX` (full credit up to
+``SIZE_RATIO_MAX - SIZE_RATIO_RAMP``), so a forehead or cheek patch of a bigger
+face is left to the larger template that holds the whole face instead of being
+reported as a face fragment.  The smallest of the four, ``contrast``, gives the
+score ``sigmoid(SCORE_GAIN * (contrast - SCORE_BIAS))``.  Template sides are
+16, 32 (stride 8), 64, 96 (stride 16), 128, 192 (stride 32) pixels of the
+detector input, so, like a real SCRFD, a face taller than about three quarters
+of the detector input is missed (and found again at a smaller ``det_size``), and
 blobs with ``S`` under about 11 detector pixels are not found.
 
-The box and landmarks come from the blob's moments inside a ``3F`` window:
-centroid ``(cx, cy)`` and equivalent square side ``S = sqrt(mass)``.  Then
-``bbox = (cx -/+ 0.55 S, cy -/+ 0.65 S)`` and the five key points are
-``(cx, cy) + S * KPS_OFFSETS`` (eyes above nose above mouth corners).  Use
+The box and landmarks come from the blob's moments (of the plain skin mask)
+inside a ``3F`` window: centroid ``(cx, cy)`` and equivalent square side
+``S = sqrt(mass)``.  Then ``bbox = (cx -/+ 0.55 S, cy -/+ 0.65 S)`` and the five
+key points are ``(cx, cy) + S * KPS_OFFSETS`` (eyes above nose above mouth
+corners, placed where they are on the astronaut's face).  Use
 :func:`paint_face` to draw a detectable face and :func:`expected_face` for the
 landmarks the detector will report (within a few pixels).  An all-black or
 grey image has no skin and so no face.  Keep faces at least one face width
 apart (edge to edge) so that one face's window does not see the next one.
+
+On ``skimage.data.astronaut()`` (512x512) at the default ``det_size=640`` and
+``det_thresh=0.5`` the detector reports exactly one face, hers: box about
+``(169, 61)-(272, 183)``, score about 0.95, eyes near y 102 and mouth corners
+near y 143; the orange suit, the straps and the buckle stay well below the
+threshold.
 
 The genderage model looks at the central quarter (24x24) of its 96x96 crop,
 which lies inside the face: age is
@@ -65,6 +86,13 @@ SKIN_RADIUS: float = 25.0
 SKIN_RAMP: float = 10.0
 SKIN_MIN_RED: float = 110.0
 SKIN_RAMP_RED: float = 20.0
+SOLID_LOW: float = 0.5
+SOLID_HIGH: float = 0.85
+"""Skin density of an 8x8 detector cell that counts as no / full solid skin."""
+SIZE_RATIO_MAX: float = 2.0
+SIZE_RATIO_RAMP: float = 0.5
+"""An anchor whose window holds a blob of side ``r * F`` keeps its score for
+``r <= SIZE_RATIO_MAX - SIZE_RATIO_RAMP`` and loses it all at ``SIZE_RATIO_MAX``."""
 FACE_RGB: tuple[int, int, int] = (225, 180, 150)
 """A full-strength skin colour (the planted genderage model calls it male)."""
 FEMALE_FACE_RGB: tuple[int, int, int] = (220, 185, 165)
@@ -74,7 +102,7 @@ SCORE_BIAS: float = 0.45
 BOX_HALF: tuple[float, float] = (0.55, 0.65)
 """Half width and half height of the reported box, in units of ``S``."""
 KPS_OFFSETS: np.ndarray = np.array(
-    [[-0.20, -0.12], [0.20, -0.12], [0.0, 0.05], [-0.15, 0.22], [0.15, 0.22]],
+    [[-0.22, -0.21], [0.22, -0.21], [0.0, 0.03], [-0.18, 0.22], [0.18, 0.22]],
     dtype=np.float64,
 )
 """Landmarks relative to the blob centroid, in units of ``S``: left eye, right
@@ -182,13 +210,27 @@ def _detector_model() -> Any:
     def chan(t: str, i: int) -> str:
         return g.op("Slice", [t, g.const([i], np.int64), g.const([i + 1], np.int64), g.const([1], np.int64)])
 
+    # Solid skin: cells of the finest stride whose skin density is high.  Thin
+    # skin-coloured lines (edges between orange and white cloth, JPEG fringes)
+    # and speckle fill a cell only partly and count for nothing.
+    base = min(TEMPLATES)
+    density = g.op("AveragePool", [mask], kernel_shape=[base, base], strides=[base, base])
+    solid_base = g.op(
+        "Clip",
+        [g.op("Mul", [g.op("Sub", [density, g.const(SOLID_LOW)]), g.const(1.0 / (SOLID_HIGH - SOLID_LOW))]),
+         zero, one],
+    )
+
     scores, boxes, kpss = [], [], []
     for stride, cells in TEMPLATES.items():
         coarse = g.op("AveragePool", [feat], kernel_shape=[stride, stride], strides=[stride, stride])
         cshape = g.op("Shape", [coarse])
         ax = g.op("Mul", [coords(cshape, 3, [1, 1, 1, -1]), g.const(float(stride))])
         ay = g.op("Mul", [coords(cshape, 2, [1, 1, -1, 1]), g.const(float(stride))])
-        coarse_mass = chan(coarse, 0)
+        factor = stride // base
+        coarse_mass = solid_base if factor == 1 else g.op(
+            "AveragePool", [solid_base], kernel_shape=[factor, factor], strides=[factor, factor]
+        )
         per_anchor: dict[str, list[str]] = {"s": [], "b": [], "k": []}
         for k in cells:
             side = float(k * stride)
@@ -198,14 +240,27 @@ def _detector_model() -> Any:
                 pads=[half, half, half - 1, half - 1], count_include_pad=1,
             )
             outer = g.op(
-                "AveragePool", [coarse], kernel_shape=[2 * k, 2 * k],
+                "AveragePool", [coarse_mass], kernel_shape=[2 * k, 2 * k],
                 pads=[k, k, k - 1, k - 1], count_include_pad=1,
+            )
+            # The template with its left and right neighbours (3F x F) and
+            # with those above and below it (F x 3F).
+            row = g.op(
+                "AveragePool", [coarse_mass], kernel_shape=[k, 3 * k],
+                pads=[half, 3 * half, half - 1, 3 * half - 1], count_include_pad=1,
+            )
+            column = g.op(
+                "AveragePool", [coarse_mass], kernel_shape=[3 * k, k],
+                pads=[3 * half, half, 3 * half - 1, half - 1], count_include_pad=1,
             )
             # contrast = template mean - ring mean (ring = the 2F square minus
             # the template): 1 for an isolated blob of the template's size.
-            contrast = g.op("Mul", [g.op("Sub", [inner, chan(outer, 0)]), g.const(4.0 / 3.0)])
-            logit = g.op("Mul", [g.op("Sub", [contrast, g.const(SCORE_BIAS)]), g.const(SCORE_GAIN)])
-            score = g.op("Sigmoid", [logit])
+            # ``across`` and ``along`` compare the template with its neighbours
+            # on either side and above/below: a long strip (a strap, a sleeve
+            # edge) has skin along it and is no blob.
+            ring = g.op("Mul", [g.op("Sub", [inner, outer]), g.const(4.0 / 3.0)])
+            across = g.op("Mul", [g.op("Sub", [inner, row]), g.const(1.5)])
+            along = g.op("Mul", [g.op("Sub", [inner, column]), g.const(1.5)])
             # Moments over a 3F window, so an anchor whose 2F ring clips the
             # blob still reports the whole blob (every anchor agrees; NMS merges).
             moments = g.op(
@@ -213,6 +268,15 @@ def _detector_model() -> Any:
                 pads=[3 * half, 3 * half, 3 * half - 1, 3 * half - 1], count_include_pad=1,
             )
             window_mass = chan(moments, 0)
+            # The skin in the window, as a square, measured in template sides:
+            # a part of a bigger blob (an eye-to-hair patch of forehead) sees
+            # more skin around it than its template holds and is left to the
+            # larger template that fits the whole blob.
+            ratio = g.op("Mul", [g.op("Sqrt", [window_mass]), g.const(3.0)])
+            fits = g.op("Mul", [g.op("Sub", [g.const(SIZE_RATIO_MAX), ratio]), g.const(1.0 / SIZE_RATIO_RAMP)])
+            contrast = g.op("Min", [g.op("Min", [ring, across, along]), fits])
+            logit = g.op("Mul", [g.op("Sub", [contrast, g.const(SCORE_BIAS)]), g.const(SCORE_GAIN)])
+            score = g.op("Sigmoid", [logit])
             denom = g.op("Add", [window_mass, g.const(1e-6)])
             cx = g.op("Div", [chan(moments, 1), denom])
             cy = g.op("Div", [chan(moments, 2), denom])
@@ -350,7 +414,7 @@ __all__ = [
     "BOX_HALF",
     "DETECTOR_FILE",
     "FACE_RGB",
-        "FEMALE_FACE_RGB",
+    "FEMALE_FACE_RGB",
     "GENDERAGE_FILE",
     "KPS_OFFSETS",
     "RECOGNIZER_FILE",

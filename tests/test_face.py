@@ -237,6 +237,35 @@ def test_real_photo_end_to_end(detector):
     assert np.array_equal(out[400:], image[400:])
 
 
+@pytest.mark.parametrize("encoding", ["png", "jpeg"])
+def test_astronaut_has_exactly_her_face_with_default_settings(insightface_root, encoding):
+    """The CLI's and nodes' defaults (det_size=640, det_thresh=0.5) on the real photo: one face,
+    hers, not a patch of the orange suit, a strap or a fragment of the face."""
+    from skimage import data
+
+    image = data.astronaut()
+    if encoding == "jpeg":  # what a user loads: assets/astronaut.jpg is a JPEG of it
+        ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        image = np.ascontiguousarray(cv2.imdecode(buffer, cv2.IMREAD_COLOR)[:, :, ::-1])
+    default = F.FaceDetector((insightface_root, "buffalo_l"), providers="cpu")
+    assert (default.det_size, default.det_thresh) == (640, 0.5)
+    faces = default.detect(image)
+    assert len(faces) == 1, [(f.bbox.round(), round(f.score, 3)) for f in faces]
+    face = faces[0]
+    np.testing.assert_allclose(face.bbox, [170, 62, 272, 183], atol=8)
+    assert face.score > 0.8 and face.size > 80
+    eyes, nose, mouth = face.kps[:2], face.kps[2], face.kps[3:]
+    assert np.all((eyes[:, 1] > 92) & (eyes[:, 1] < 110))  # her eyes are at y ~ 102
+    assert np.all((mouth[:, 1] > 135) & (mouth[:, 1] < 152))  # her mouth at y ~ 142
+    assert eyes[:, 1].max() < nose[1] < mouth[:, 1].min()
+    assert eyes[0, 0] < nose[0] < eyes[1, 0] and mouth[0, 0] < nose[0] < mouth[1, 0]
+    assert 190 < eyes[0, 0] < 212 and 230 < eyes[1, 0] < 252
+    assert F.select_faces(faces, "largest")[0] is face
+    # nothing else comes close to the threshold either
+    wary = F.FaceDetector((insightface_root, "buffalo_l"), providers="cpu", det_thresh=0.35)
+    assert len(wary.detect(image)) == 1
+
+
 # --------------------------------------------------------------------------- hard photos
 
 
