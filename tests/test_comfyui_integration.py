@@ -203,6 +203,7 @@ def test_pack_loads_without_import_errors(server):
     log = server.log.read_text(errors="replace")
     assert "custom_nodes/cradle2cane" in log  # listed under "Import times for custom nodes"
     assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if "cradle2cane" in l)
+    assert "Unable to parse pyproject.toml" not in log  # ComfyUI reads [tool.comfy] and [project.urls]
 
 
 def test_object_info_lists_every_node_with_inputs(object_info):

@@ -617,5 +617,6 @@ def test_registry_metadata():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     comfy = project["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["requires-comfyui"].startswith(">=")
-    assert "Icon" in comfy
+    icon = comfy["Icon"]
+    assert icon.startswith("https://") and (ROOT / "assets" / icon.rsplit("/", 1)[-1]).is_file()
     assert project["project"]["urls"]["Repository"].startswith("https://")
