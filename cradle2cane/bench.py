@@ -448,24 +448,23 @@ class Bench:
         return results
 
     def differences(self) -> dict[str, dict[str, float | None]]:
-        """Max |difference| between variants' images (same seed: they should agree to fp precision)."""
-        out: dict[str, dict[str, float | None]] = {}
-        base = self.outputs.get("sweep")
+        """Max |difference| between variants' images (same seed: they should agree to fp precision):
+        sweep vs sequential, single vs the sweep's (or sequential's) last age, and each memory mode
+        against the default mode of the same variant."""
+        outputs = self.outputs
         pairs = []
-        if base is not None and "sequential" in self.outputs:
-            pairs.append(("sweep_vs_sequential", base, self.outputs["sequential"]))
-        for name, value in self.outputs.items():
-            if name.startswith("sweep+") and base is not None:
-                pairs.append((f"{name}_vs_sweep", value, base))
-            if name.startswith("single"):
-                ref = base if base is not None else self.outputs.get("sequential")
-                if ref is not None:
-                    pairs.append((f"{name}_vs_{'sweep' if base is not None else 'sequential'}",
-                                  value, tuple(t[-1:] for t in ref)))
-        for label, (final_a, aged_a), (final_b, aged_b) in pairs:
-            out[label] = {"final": _finite_or_none(float((final_a - final_b).abs().max())),
-                          "aged": _finite_or_none(float((aged_a - aged_b).abs().max()))}
-        return out
+        if "sweep" in outputs and "sequential" in outputs:
+            pairs.append(("sweep_vs_sequential", outputs["sweep"], outputs["sequential"]))
+        reference = "sweep" if "sweep" in outputs else "sequential" if "sequential" in outputs else None
+        if "single" in outputs and reference is not None:
+            pairs.append((f"single_vs_{reference}", outputs["single"], tuple(t[-1:] for t in outputs[reference])))
+        for name, value in outputs.items():
+            base = name.split("+")[0]
+            if "+" in name and base in outputs:
+                pairs.append((f"{name}_vs_{base}", value, outputs[base]))
+        return {label: {"final": _finite_or_none(float((a[0] - b[0]).abs().max())),
+                        "aged": _finite_or_none(float((a[1] - b[1]).abs().max()))}
+                for label, a, b in pairs}
 
 
 # ----------------------------------------------------------------------------- report

@@ -78,6 +78,7 @@ def test_bench_default_tiny_set_offload_and_json_on_stdout(capsys):
     assert diffs["sweep+offload_vs_sweep"]["final"] == 0.0  # offload on the CPU changes nothing
     assert diffs["sweep+low-vram_vs_sweep"]["final"] < 1e-4  # VAE slicing: float rounding only
     assert diffs["single_vs_sweep"]["final"] < 1e-4
+    assert diffs["single+offload_vs_single"]["final"] == 0.0
 
 
 @pytest.mark.parametrize("argv, message", [
