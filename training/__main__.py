@@ -53,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .trainer import train
 
     result = train(config_from_args(args))
-    if result.output_dir is not None:
+    if result.is_main_process:
         print(f"trained {result.global_step} steps; weights in {result.output_dir}")
     return 0
 

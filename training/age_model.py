@@ -44,7 +44,7 @@ class AgeOutput:
 def _missing(path: Path) -> AgeModelError:
     return AgeModelError(
         f"age regressor {path.name} not found in {path.parent}. The age losses need a differentiable age "
-        f"estimator: provide a TorchScript file there (or set age_model_path to a file or to "
+        f"estimator: provide it there as a torch.export program (or set age_model_path to a .pt2 or TorchScript file or to "
         f"'package.module:factory'); see docs/training.md, section 'Age regressor'. To train without it, "
         f"set age_loss_weight=0 and age_loss_2_weight=0.")
 

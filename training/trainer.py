@@ -59,6 +59,7 @@ class TrainResult:
     losses: dict[str, float] = field(default_factory=dict)
     checkpoints: list[Path] = field(default_factory=list)
     validation_images: list[Path] = field(default_factory=list)
+    is_main_process: bool = True
 
 
 class _UNetCall:
@@ -184,23 +185,22 @@ class Trainer:
     # ---------------------------------------------------------------- set-up
 
     def _accelerator(self):
-        from accelerate import Accelerator, PartialState
+        from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 
         cfg = self.cfg
-        log_with = None
-        if cfg.report_to == "tensorboard":
-            if _tensorboard_available():
-                log_with = "tensorboard"
-            elif PartialState().is_main_process:
-                logger.warning("tensorboard is not installed: losses go to the progress bar and %s only "
-                               "(pip install tensorboard to get curves)", self.output_dir / LOG_FILE)
+        wants_tensorboard = cfg.report_to == "tensorboard"
+        log_with = "tensorboard" if wants_tensorboard and _tensorboard_available() else None
         project = ProjectConfiguration(project_dir=str(self.output_dir),
                                        logging_dir=str(self.output_dir / cfg.logging_dir))
-        return Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                           mixed_precision=cfg.mixed_precision, log_with=log_with, project_config=project,
-                           dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                                  mixed_precision=cfg.mixed_precision, log_with=log_with, project_config=project,
+                                  dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        if wants_tensorboard and log_with is None and accelerator.is_main_process:
+            logger.warning("tensorboard is not installed: losses go to the progress bar and %s only "
+                           "(pip install tensorboard to get curves)", self.output_dir / LOG_FILE)
+        return accelerator
 
     def _loss_models(self, device):
         cfg, root = self.cfg, self.cfg.path("models_dir")
@@ -318,7 +318,7 @@ class Trainer:
 
         bar = tqdm(total=max_steps, initial=global_step, desc="training", unit="step",
                    disable=not accelerator.is_local_main_process)
-        result = TrainResult(self.output_dir, global_step)
+        result = TrainResult(self.output_dir, global_step, is_main_process=accelerator.is_main_process)
         first_epoch = global_step // steps_per_epoch
         skip_batches = (global_step % steps_per_epoch) * cfg.gradient_accumulation_steps
         micro_step = global_step * cfg.gradient_accumulation_steps
