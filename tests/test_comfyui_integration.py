@@ -13,7 +13,6 @@ back; a failing prompt, an out-of-range age and a cancel must leave the server s
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -236,7 +235,7 @@ def test_workflow_templates_are_served(server):
 def test_api_twins_follow_the_ui_graphs_under_the_real_schemas(object_info):
     sys.path.insert(0, str(ROOT / "tests" / "comfy_stubs"))
     try:
-        from workflows import CORE_NODE_INFO, ui_to_api
+        from frontend import CORE_NODE_INFO, ui_to_api
     finally:
         sys.path.remove(str(ROOT / "tests" / "comfy_stubs"))
     for name, info in CORE_NODE_INFO.items():  # the stand-in the CI test uses is what the server says

@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-STUB_MODULES = ("comfy_api", "comfy", "folder_paths", "workflows")
+STUB_MODULES = ("comfy_api", "comfy", "folder_paths", "frontend")
 PACK = "c2c_comfy_pack"  # ComfyUI names it after the folder; any name works
 
 NODE_NAMES = {
@@ -555,14 +555,14 @@ def test_every_ui_workflow_has_an_api_twin():
 
 @pytest.mark.parametrize("name", _workflow_names())
 def test_api_twin_is_what_the_frontend_queues_for_the_ui_graph(comfy, name):
-    from workflows import CORE_NODE_INFO, ui_to_api
+    from frontend import CORE_NODE_INFO, ui_to_api
 
     info = {**CORE_NODE_INFO, **{i: cls.GET_NODE_INFO_V1() for i, cls in comfy.nodes.items()}}
     graph = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
     api = json.loads((ROOT / "example_workflows" / "api" / f"{name}.json").read_text())
     assert ui_to_api(graph, info) == api, (
         f"example_workflows/api/{name}.json is out of date: export the graph again in ComfyUI "
-        "(Workflow > Export (API)) or regenerate it with tests/comfy_stubs/workflows.py's ui_to_api")
+        "(Workflow > Export (API)) or regenerate it with tests/comfy_stubs/frontend.py's ui_to_api")
     links = {link[0]: link for link in graph["links"]}
     for node in graph["nodes"]:
         for slot, entry in enumerate(node.get("inputs", [])):
