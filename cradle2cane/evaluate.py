@@ -240,8 +240,15 @@ class GenderAgeEstimator:
         import io
 
         path = _genderage_file(_find_pack(Path(models_dir), pack))
+        if providers is None:
+            try:
+                from .face import resolve_providers
+
+                providers = resolve_providers("auto")
+            except ImportError:
+                providers = ["CPUExecutionProvider"]
         with contextlib.redirect_stdout(io.StringIO()):
-            self.model = model_zoo.get_model(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+            self.model = model_zoo.get_model(str(path), providers=list(providers))
             if self.model is None or getattr(self.model, "taskname", None) != "genderage":
                 raise FileNotFoundError(f"{path} is not routed as a genderage model by insightface")
             self.model.prepare(-1)
