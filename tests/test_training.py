@@ -221,6 +221,14 @@ def test_empty_dataset_and_bad_manifest(tmp_path):
         read_manifest(bad)
 
 
+def test_dataset_smaller_than_a_batch(tiny_models, manifest, extras, tmp_path, capsys):
+    single = tmp_path / "one.jsonl"
+    single.write_text(manifest.read_text().splitlines()[0].replace('"image": "', f'"image": "{manifest.parent}/') + "\n")
+    args = _train_args(tiny_models, single, extras, tmp_path / "o", 1)
+    assert training_main(args) == 1
+    assert "the dataset has 1 images, fewer than one batch of 2" in capsys.readouterr().err
+
+
 def test_unreadable_training_image_names_the_file(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
