@@ -556,6 +556,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .cli import _dtype, load_model
 
     options = parse_options(args)
+    if not args.debug:  # the loaders' per-file progress bars would bury the table
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
