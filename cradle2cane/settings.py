@@ -88,23 +88,29 @@ class Settings:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Settings":
-        import yaml
-
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise SettingsError(f"{path}: cannot read hparams.yml ({exc})") from exc
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise SettingsError(f"{path}: expected a YAML mapping of settings, got {type(data).__name__}")
-        return cls.from_mapping(data, source=str(path))
+        return cls.from_mapping(read_yaml_mapping(path, SettingsError), source=str(path))
 
     def to_mapping(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def read_yaml_mapping(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (an empty file is an empty mapping); any other
+    content raises ``error`` naming the file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise error(f"{path}: cannot read the YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise error(f"{path}: expected a YAML mapping of key: value, got {type(data).__name__}")
+    return dict(data)
 
 
 def _coerce(value: Any, annotation: str, name: str, source: str) -> Any:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from cradle2cane.tiny import byte_alphabet
 from cradle2cane.single_file import (
     SDXL_TURBO_CONFIG_DIR,
     check_sdxl_single_file,
@@ -31,25 +32,11 @@ COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 # --------------------------------------------------------------------------------------------
 
 
-def _byte_chars() -> list[str]:
-    """The 256 printable stand-ins GPT-2/CLIP byte-level BPE uses for the bytes 0..255."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = 0
-    chars = {}
-    for byte in range(256):
-        if byte in keep:
-            chars[byte] = chr(byte)
-        else:
-            chars[byte] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
-
-
 def write_tiny_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>"):
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_chars()
+    chars = byte_alphabet()
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")

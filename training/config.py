@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from cradle2cane.settings import read_yaml_mapping
+
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
 # Keys whose default is null (or whose type is not the default's type): (kind, nullable).
@@ -178,15 +180,7 @@ def build_config(config_file: str | Path | None = None, overrides: Mapping[str, 
         path = Path(config_file).expanduser()
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the YAML ({exc})") from exc
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
-        layers.append((str(path), data))
+        layers.append((str(path), read_yaml_mapping(path, ConfigError)))
     if overrides:
         layers.append(("settings", overrides))
     sets = [parse_override(s) for s in set_args]
