@@ -231,19 +231,21 @@ class ModelOffload:
         if name not in self.groups:
             raise KeyError(f"no offload group {name!r}; groups: {', '.join(self.groups)}")
         if self.resident is not None:
-            for module in self.groups[self.resident]:
-                module.to(self.offload_device)
-        for module in self.groups[name]:
-            module.to(self.device)
+            self._move_group(self.resident, self.offload_device)
+        self._move_group(name, self.device)
         self.resident = name
         self.loads[name] += 1
         self.history.append(name)
 
+    def _move_group(self, name: str, device: torch.device) -> None:
+        for module in self.groups[name]:
+            if _module_device(module) != device:  # skip no-op moves (offload on the CPU)
+                module.to(device)
+
     def offload_all(self) -> None:
         """Send the resident group back, leaving the execution device free of weights."""
         if self.resident is not None:
-            for module in self.groups[self.resident]:
-                module.to(self.offload_device)
+            self._move_group(self.resident, self.offload_device)
             self.resident = None
 
     def remove(self) -> None:
