@@ -398,6 +398,7 @@ class Bench:
     def measure(self, result: VariantResult, timed: bool) -> None:
         from .memory import peak_memory_mib, reset_peak_memory
 
+        self.model.clip.clear_cache()  # every run starts cold: no age texts from an earlier run
         reset_peak_memory(self.device)
         with CallCounter(self.model) as counter:
             _sync(self.device)
