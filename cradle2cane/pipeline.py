@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from . import weights as W
 from .arcface import IResNet, arcface_hidden_state, iresnet_from_state_dict, network_name
 from .embeddings import ClipFeatures, ClipPreprocess, age_text, rotate_clip, svr_arcface
-from .passes import (EncodedImages, Img2ImgSampler, StepCallback, adani_strength, aging_prompt, check_age, check_gender,
-                     check_strength, lora_enabled, unet_evaluations)
+from .passes import (EncodedImages, Img2ImgSampler, StepCallback, adani_strength, aging_prompt, check_age,
+                     check_gender, check_strength, lora_enabled, unet_evaluations)
 from .projectors import ProjectorMLP, expected_shapes, projector_dims, projector_from_state_dict
 from .settings import Settings
 
