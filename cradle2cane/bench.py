@@ -53,12 +53,9 @@ def register(subparsers) -> None:
         description="Time the reference-style per-age loop (plain diffusers calls) against this project's "
                     "one-call lifespan sweep on the same inputs, and report per-image time, the speed-up and "
                     "peak memory. Without --models it writes the tiny model set into a temporary folder.")
-    add_model_arguments(parser)
-    for action in parser._actions:  # --models is optional here: the tiny set or --full-size stand in
-        if "--models" in action.option_strings:
-            action.required = False
-            action.default = None
-            action.help = "models folder (default: the tiny model set, written to a temporary folder)"
+    # --models is optional here (the tiny set or --full-size stand in); --memory lists modes to compare.
+    add_model_arguments(parser, models_help="models folder (default: the tiny model set, written to a "
+                                            "temporary folder)", memory=False)
     parser.add_argument("--full-size", action="store_true",
                         help="random weights at the released sizes (SDXL-Turbo configs shipped in "
                              "cradle2cane/configs/sdxl-turbo, CLIP-L, ArcFace r100, projectors); for a GPU")

@@ -29,9 +29,19 @@ def _dtype(name: str):
     return {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every command that loads the models shares."""
-    parser.add_argument("--models", required=True, type=Path, help="models folder (see the README's model table)")
+MEMORY_MODES = ("default", "offload", "low-vram")  # cradle2cane.memory.MEMORY_MODES, without importing torch
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, models_help: str | None = None,
+                        memory: bool = True) -> None:
+    """The options every command that loads the models shares. ``models_help`` makes --models
+    optional with that help text; ``memory`` adds --memory (one mode for the loaded model)."""
+    parser.add_argument("--models", required=models_help is None, type=Path, default=None,
+                        help=models_help or "models folder (see the README's model table)")
+    if memory:
+        parser.add_argument("--memory", dest="memory_mode", default="default", choices=MEMORY_MODES,
+                            help="default: all on the device; offload: model CPU offload; "
+                                 "low-vram: offload plus VAE slicing/tiling")
     parser.add_argument("--base", type=Path, default=None,
                         help="SDXL-Turbo diffusers folder or single .safetensors file (default: found in --models)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
@@ -42,7 +52,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace):
     from .pipeline import Cradle2Cane
 
-    return Cradle2Cane.from_pretrained(args.models, base=args.base, device=args.device, dtype=_dtype(args.dtype))
+    return Cradle2Cane.from_pretrained(args.models, base=args.base, device=args.device, dtype=_dtype(args.dtype),
+                                       memory=getattr(args, "memory_mode", "default"))
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:

@@ -300,3 +300,9 @@ def test_peak_memory_helpers():
     peak, kind = M.peak_memory_mib(device)
     assert peak > 0 and kind.startswith("process_peak_rss")
     assert M.process_peak_rss_mib() > 0
+
+
+def test_cli_offers_the_cores_memory_modes():
+    from cradle2cane import cli, memory
+
+    assert cli.MEMORY_MODES == memory.MEMORY_MODES
