@@ -114,7 +114,10 @@ def _cmd_age(args: argparse.Namespace) -> int:
         result = age_photo(model, photo, targets, models_dir=args.models, source_age=args.source_age,
                            gender=args.gender, face=args.face, seed=args.seed, strength=args.strength,
                            id_strength=args.id_strength, alpha=alpha, callback=progress,
-                           det_size=args.det_size, det_thresh=args.det_thresh, image_name=str(args.image))
+                           det_size=args.det_size, det_thresh=args.det_thresh, image_name=str(args.image),
+                           on_no_face=args.no_face)
+        if result.no_face:
+            print(f"{result.no_face}; wrote the photo unchanged (--no-face skip)", file=sys.stderr)
         for face, age, gender, (est_age, est_gender) in zip(result.faces, result.source_ages, result.genders,
                                                             result.estimated):
             print(f"face {face.face_index}: source age {age}, {gender} (estimated: {est_age}, {est_gender})",
@@ -169,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     age.add_argument("--face", type=_parse_face, default="largest", help="all, largest (default) or a face number")
     age.add_argument("--det-size", type=int, default=640, help="face detector input size")
     age.add_argument("--det-thresh", type=float, default=0.5, help="face detector score threshold")
+    age.add_argument("--no-face", choices=["error", "skip"], default="error",
+                     help="a photo without a usable face: fail (default) or write it unchanged")
     age.add_argument("--out", type=Path, required=True, help="output file (one age) or folder (several ages)")
     age.add_argument("--quiet", action="store_true", help="no progress bar")
     age.set_defaults(func=_cmd_age)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .face import AlignedFace, FaceDetector, Which, align_faces, find_insightface_pack, paste_back_many
+from .face import AlignedFace, FaceDetector, NoFaceError, Which, align_faces, find_insightface_pack, paste_back_many
 from .passes import MAX_AGE, MIN_AGE, StepCallback, check_age, check_gender
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,16 @@ class PhotoAgingResult:
     source_ages: list[int]
     genders: list[str]
     estimated: list[tuple[int | None, str | None]] = field(default_factory=list)
+    no_face: str | None = None  # with on_no_face="skip": why the photo came back unchanged
+
+
+NO_FACE_MODES = ("error", "skip")
+
+
+def _with_alpha(image: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    if alpha is None:
+        return image
+    return np.concatenate([image, np.asarray(alpha, image.dtype)[..., None]], axis=2)
 
 
 def estimate_or_given(faces: Sequence[AlignedFace], source_age: int | None, gender: str | None,
@@ -57,11 +67,13 @@ def age_photo(model, photo: np.ndarray, target_ages: int | Sequence[int], *, det
               id_strength: float | None = None, alpha: np.ndarray | None = None,
               callback: StepCallback | None = None, det_size: int = 640, det_thresh: float = 0.5,
               feather: float = 0.1, mask_scale: float = 0.9, color_match: str = "mean",
-              image_name: str = "photo", batch_size: int = 8) -> PhotoAgingResult:
+              image_name: str = "photo", batch_size: int = 8, on_no_face: str = "error") -> PhotoAgingResult:
     """Age the chosen face(s) of ``photo`` (HxWx3 RGB, uint8 or float 0..1) to each target age.
 
     Pixels outside the faces' blending masks are returned unchanged. ``alpha`` (HxW), when given,
-    is attached to every output photo as a fourth channel.
+    is attached to every output photo as a fourth channel. ``on_no_face``: ``error`` raises
+    :class:`NoFaceError`; ``skip`` returns the photo unchanged for every age, with the reason in
+    ``no_face`` (and a warning logged).
     """
     import torch
 
@@ -71,7 +83,17 @@ def age_photo(model, photo: np.ndarray, target_ages: int | Sequence[int], *, det
         if models_dir is None:
             raise ValueError("age_photo needs a detector or the models folder holding insightface/models/<pack>")
         detector = FaceDetector(find_insightface_pack(models_dir), det_size=det_size, det_thresh=det_thresh)
-    detected = detector.find(photo, face, image_name=image_name)
+    if on_no_face not in NO_FACE_MODES:
+        raise ValueError(f"on_no_face must be one of {NO_FACE_MODES}, got {on_no_face!r}")
+    try:
+        detected = detector.find(photo, face, image_name=image_name)
+    except NoFaceError as exc:
+        if on_no_face == "error":
+            raise
+        logger.warning("%s; passing the photo through unchanged", exc)
+        unchanged = _with_alpha(np.array(photo, copy=True), alpha)
+        return PhotoAgingResult(photos=[unchanged.copy() for _ in targets], target_ages=targets, faces=[],
+                                source_ages=[], genders=[], no_face=str(exc))
     aligned = align_faces(photo, detected, size=model.resolution)
     ages, genders = estimate_or_given(aligned, source_age, gender, image_name)
     for f, a, g in zip(aligned, ages, genders):
@@ -86,8 +108,6 @@ def age_photo(model, photo: np.ndarray, target_ages: int | Sequence[int], *, det
     for j in range(per_age):
         aged = [result.images[b * per_age + j].permute(1, 2, 0).numpy() for b in range(len(aligned))]
         out = paste_back_many(photo, aged, aligned, feather=feather, mask_scale=mask_scale, color_match=color_match)
-        if alpha is not None:
-            out = np.concatenate([out, np.asarray(alpha, out.dtype)[..., None]], axis=2)
-        photos.append(out)
+        photos.append(_with_alpha(out, alpha))
     return PhotoAgingResult(photos=photos, target_ages=targets, faces=[f.without_image() for f in aligned],
                             source_ages=ages, genders=genders, estimated=[(f.age, f.gender) for f in aligned])

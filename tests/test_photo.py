@@ -105,3 +105,19 @@ def test_cli_on_a_photo_keeps_its_size(tiny_models, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no face" in err.lower() and "black.png" in err
     assert not (tmp_path / "never.png").exists()
+
+
+def test_skip_mode_passes_a_faceless_photo_through(tiny_model, detector, tiny_models, tmp_path, capsys):
+    black = np.zeros((150, 200, 3), np.uint8)
+    black[::7] = 30  # not flat, so "unchanged" means something
+    result = age_photo(tiny_model, black, [20, 70], detector=detector, on_no_face="skip", image_name="b.png")
+    assert len(result.photos) == 2 and all(np.array_equal(p, black) for p in result.photos)
+    assert result.faces == [] and "b.png" in result.no_face
+    with pytest.raises(ValueError, match="on_no_face"):
+        age_photo(tiny_model, black, 20, detector=detector, on_no_face="ignore")
+    src, out = tmp_path / "black.png", tmp_path / "out.png"
+    Image.fromarray(black).save(src)
+    assert main(["age", str(src), "--models", str(tiny_models), "--target-age", "70", "--out", str(out),
+                 "--no-face", "skip", "--quiet"]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), black)
+    assert "unchanged" in capsys.readouterr().err
