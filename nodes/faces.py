@@ -6,7 +6,7 @@ import logging
 
 import comfy.model_management as mm
 import numpy as np
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from . import models
 from .handles import C2CFaces, FacesHandle, expect
@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 FACE_ALIGN = "Face Align"
 PASTE_BACK = "Paste Face Back"
 WHICH = ["largest", "all", "index"]
+NO_FACE = ["error", "skip"]  # the core's on_no_face modes
+NO_FACE_HINT = ("In ComfyUI: set no_face = skip to pass photos without a face through unchanged; an image that "
+                "already is an aligned face crop can go straight to AdaNI First Pass (set source_age and gender "
+                "there).")
 
 
 def detector_inputs() -> list[io.Input]:
@@ -38,6 +42,32 @@ def detector_inputs() -> list[io.Input]:
     ]
 
 
+def no_face_input(skip: str) -> io.Input:
+    """The no_face widget. It is the node's last input so that workflows saved before it existed keep
+    their widget values in place (the frontend assigns them by position; a missing last one takes the
+    default)."""
+    return io.Combo.Input("no_face", options=NO_FACE, default="error",
+                          tooltip="A photo without a usable face: error stops the run, naming the image and the "
+                                  f"settings to try; skip {skip} The skipped images are logged and listed in "
+                                  "'report'.")
+
+
+def check_no_face(no_face: str, node: str) -> None:
+    if no_face not in NO_FACE:
+        raise ValueError(f"{node}: no_face must be one of {NO_FACE}, got {no_face!r}")
+
+
+def no_face_error(message: str, exc, index: int | None):
+    """The core's :class:`NoFaceError` (which names the image and the detector settings to try) with
+    what to change in ComfyUI added."""
+    return type(exc)(f"{message}. {NO_FACE_HINT}", image_name=exc.image_name, index=index)
+
+
+def skip_report(summary: str, skipped: list[tuple[int, str]], what: str) -> str:
+    """The 'report' text: one summary line, then one line per skipped photo."""
+    return "\n".join([summary, *(f"image {p} skipped ({what}): {reason}" for p, reason in skipped)])
+
+
 def face_detector(pack: str, det_size: int, det_thresh: float):
     """The core's insightface facade on the pack from ``models/insightface`` (ONNX on the CPU when
     ComfyUI runs there)."""
@@ -49,32 +79,51 @@ def face_detector(pack: str, det_size: int, det_thresh: float):
 
 
 def detect_and_align(images, detector: str, face: str, face_index: int, det_size: int, det_thresh: float,
-                     size: int, node: str) -> tuple[list[np.ndarray], FacesHandle]:
-    """Aligned crops (HxWx3 float) and the handle describing them, photo by photo."""
+                     size: int, node: str, no_face: str = "error") -> tuple[list[np.ndarray], FacesHandle, str]:
+    """Aligned crops (HxWx3 float), the handle describing them and the report, photo by photo.
+
+    With ``no_face="skip"`` a photo without a usable face gives no crop and is listed in the handle's
+    ``skipped``; if that leaves no crop at all it is an error, since an IMAGE batch cannot be empty.
+    """
     from ..cradle2cane import face as F
 
     if face not in WHICH:
         raise ValueError(f"{node}: face must be one of {WHICH}, got {face!r}")
+    check_no_face(no_face, node)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"{node}: 'image' must be a non-empty IMAGE batch [B,H,W,C], got {tuple(images.shape)}")
     finder = face_detector(detector, det_size, det_thresh)
     which = face_index if face == "index" else face
-    crops, aligned, photo_index = [], [], []
-    for p in range(images.shape[0]):
+    count = int(images.shape[0])
+    crops, aligned, photo_index, skipped = [], [], [], []
+    for p in range(count):
         check_cancel()
         photo = to_numpy(images[p])
         try:
             found = finder.find(photo, which, image_name=f"image {p} of the batch")
         except F.NoFaceError as exc:
-            raise type(exc)(f"{node}: {exc}. In ComfyUI, an image that already is an aligned face crop can go "
-                            f"straight to AdaNI First Pass (set source_age and gender there).",
-                            image_name=exc.image_name, index=p) from exc
+            if no_face == "error":
+                raise no_face_error(f"{node}: {exc}", exc, p) from exc
+            logger.warning("%s: no_face = skip: %s. Image %d gives no aligned crop; Paste Face Back returns it "
+                           "unchanged", node, exc, p)
+            skipped.append((p, str(exc)))
+            continue
         for item in F.align_faces(photo, found, size):
             crops.append(item.image)
             aligned.append(item.without_image())
             photo_index.append(p)
-    logger.info("%s: %d face(s) in %d image(s)", node, len(aligned), images.shape[0])
-    return crops, FacesHandle(tuple(aligned), tuple(photo_index), int(images.shape[0]))
+    if not aligned:  # only reachable with skip: every photo was skipped
+        first, reason = skipped[0]
+        raise F.NoFaceError(
+            f"{node}: no usable face in any of the {count} image(s), so there is nothing to align (no_face = skip "
+            f"leaves photos without a face out, but the 'aligned' IMAGE batch cannot be empty). Image {first}: "
+            f"{reason}. Images that already are aligned face crops can go straight to AdaNI First Pass (set "
+            f"source_age and gender there).", image_name=f"image {first} of the batch", index=first)
+    summary = f"{node}: {len(aligned)} face(s) in {count - len(skipped)} of {count} image(s)"
+    logger.info("%s", summary)
+    report = skip_report(summary, skipped, "no_face = skip: no aligned crop, Paste Face Back returns it unchanged")
+    handle = FacesHandle(tuple(aligned), tuple(photo_index), count, tuple(p for p, _ in skipped))
+    return crops, handle, report
 
 
 class FaceAlign(io.ComfyNode):
@@ -86,25 +135,37 @@ class FaceAlign(io.ComfyNode):
             category="cradle2cane/face",
             description="Finds faces with insightface, estimates their age and gender, and cuts FFHQ-aligned "
                         "square crops (what Cradle2Cane was trained on). 'faces' remembers where each crop came "
-                        "from, for Paste Face Back.",
+                        "from, for Paste Face Back. A photo without a face stops the run, or with no_face = skip is "
+                        "left out (Paste Face Back returns it unchanged) and named in 'report'.",
             inputs=[
-                io.Image.Input("image", tooltip="Photos; any batch size. Each must show at least one face."),
+                io.Image.Input("image", tooltip="Photos; any batch size. Each should show at least one face "
+                                                "(see no_face)."),
                 *detector_inputs(),
                 io.Int.Input("size", default=512, min=64, max=2048, step=64,
                              tooltip="Side of the aligned crops in pixels; Cradle2Cane works at 512."),
+                no_face_input("leaves the photo out of 'aligned' and 'faces' records it, so Paste Face Back "
+                              "returns it unchanged (at every age). If no photo of the batch has a face it is an "
+                              "error in both modes: an empty IMAGE batch cannot flow on."),
             ],
             outputs=[
                 io.Image.Output("aligned", display_name="aligned", tooltip="One aligned crop per face, photo by photo."),
                 C2CFaces.Output("faces", display_name="faces",
-                                tooltip="Transforms, boxes and estimated age/gender of every crop."),
+                                tooltip="Transforms, boxes and estimated age/gender of every crop, and which photos "
+                                        "were skipped."),
+                io.String.Output("report", display_name="report",
+                                 tooltip="How many faces were found in how many images, and each image skipped "
+                                         "for having no face (no_face = skip) with the reason; connect "
+                                         "Preview Any to read it on the canvas."),
             ],
         )
 
     @classmethod
     def execute(cls, image, detector: str = "buffalo_l", face: str = "largest", face_index: int = 0,
-                det_size: int = 640, det_thresh: float = 0.5, size: int = 512) -> io.NodeOutput:
-        crops, faces = detect_and_align(image, detector, face, face_index, det_size, det_thresh, size, FACE_ALIGN)
-        return io.NodeOutput(from_numpy(crops), faces)
+                det_size: int = 640, det_thresh: float = 0.5, size: int = 512,
+                no_face: str = "error") -> io.NodeOutput:
+        crops, faces, report = detect_and_align(image, detector, face, face_index, det_size, det_thresh, size,
+                                                FACE_ALIGN, no_face)
+        return io.NodeOutput(from_numpy(crops), faces, report, ui=ui.PreviewText(report))
 
 
 def paste_inputs() -> list[io.Input]:
@@ -133,10 +194,16 @@ def paste(images, faces: FacesHandle, aged, feather: float, mask_scale: float, c
         raise ValueError(f"{node}: {aged.shape[0]} aged faces for {count} aligned faces; the aged batch must hold "
                          f"every face at each age (faces x ages, as the aging nodes output it)")
     ages = aged.shape[0] // count
+    if faces.skipped:
+        logger.info("%s: image(s) %s had no face in Face Align (no_face = skip): returned unchanged", node,
+                    ", ".join(map(str, faces.skipped)))
     out = []
     for p in range(images.shape[0]):
         mine = [i for i, q in enumerate(faces.photo_index) if q == p]
         photo = to_numpy(images[p])
+        if not mine:  # skipped by Face Align: the photo itself at every age
+            out.extend(photo.copy() for _ in range(ages))
+            continue
         for j in range(ages):
             check_cancel()
             crops = [to_numpy(aged[i * ages + j]) for i in mine]
@@ -154,7 +221,8 @@ class PasteFaceBack(io.ComfyNode):
             category="cradle2cane/face",
             description="Warps aged face crops back into the original photos (inverse of Face Align's "
                         "transform) under a soft round mask; pixels outside the mask stay untouched. With "
-                        "several target ages per face you get one photo per age.",
+                        "several target ages per face you get one photo per age; photos Face Align skipped "
+                        "(no face, no_face = skip) come back unchanged.",
             inputs=[
                 io.Image.Input("image", tooltip="The original photos that went into Face Align."),
                 C2CFaces.Input("faces", tooltip="Face Align's 'faces' output."),
@@ -163,7 +231,8 @@ class PasteFaceBack(io.ComfyNode):
                 *paste_inputs(),
             ],
             outputs=[io.Image.Output("result", display_name="image",
-                                     tooltip="Photos with aged faces: photo by photo, then age by age.")],
+                                     tooltip="Photos with aged faces: photo by photo, then age by age (a photo "
+                                             "without a face: unchanged, once per age).")],
         )
 
     @classmethod

@@ -40,17 +40,20 @@ class ModelHandle:
 @dataclass(frozen=True)
 class FacesHandle:
     """The faces Face Align cut out: item ``i`` of the aligned IMAGE batch is ``faces[i]``, taken
-    from photo ``photo_index[i]`` of ``photo_count`` (transforms only, no pixels)."""
+    from photo ``photo_index[i]`` of ``photo_count`` (transforms only, no pixels). ``skipped``: the
+    photos without a usable face (no_face = skip), which Paste Face Back returns unchanged."""
 
     faces: tuple[AlignedFace, ...]
     photo_index: tuple[int, ...]
     photo_count: int
+    skipped: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.faces)
 
     def __repr__(self) -> str:
-        return f"C2C_FACES({len(self.faces)} faces from {self.photo_count} photos)"
+        skipped = f", photos {list(self.skipped)} skipped" if self.skipped else ""
+        return f"C2C_FACES({len(self.faces)} faces from {self.photo_count} photos{skipped})"
 
 
 @dataclass(frozen=True)

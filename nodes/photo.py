@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from .aging import target_ages_input
 from .common import GENDERS, model_handle, model_input, seed_input
-from .faces import WHICH, detector_inputs, face_detector, paste_inputs
+from .faces import (WHICH, check_no_face, detector_inputs, face_detector, no_face_error, no_face_input, paste_inputs,
+                    skip_report)
 from .layout import from_numpy, optional_value, parse_ages, to_numpy
 from .models import running
 from .progress import check_cancel, step_callback
@@ -24,10 +25,12 @@ class AgePhoto(io.ComfyNode):
             description="All in one: finds the face(s) in each photo, ages them to every target age with both "
                         "Cradle2Cane passes and pastes them back (what the command line does). The same as Face "
                         "Align -> AdaNI First Pass -> Identity Embed -> Identity Second Pass -> Paste Face Back "
-                        "with default settings.",
+                        "with default settings. A photo without a face stops the run, or with no_face = skip "
+                        "comes back unchanged at every age and is named in 'report'.",
             inputs=[
                 model_input(),
-                io.Image.Input("image", tooltip="Photos; any batch size. Each must show at least one face."),
+                io.Image.Input("image", tooltip="Photos; any batch size. Each should show at least one face "
+                                                "(see no_face)."),
                 target_ages_input(),
                 io.Int.Input("source_age", default=-1, min=-1, max=100,
                              tooltip="Age of the person in years; -1 = estimate it from the photo."),
@@ -40,16 +43,26 @@ class AgePhoto(io.ComfyNode):
                 io.Float.Input("id_strength", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Identity pass strength; 0 = hparams.yml (released: 0.25)."),
                 *paste_inputs(),
+                no_face_input("returns the photo unchanged at every target age (the output keeps photos x ages "
+                              "images in batch order)."),
             ],
-            outputs=[io.Image.Output("result", display_name="image",
-                                     tooltip="Aged photos: photo by photo, then age by age.")],
+            outputs=[
+                io.Image.Output("result", display_name="image",
+                                tooltip="Aged photos: photo by photo, then age by age."),
+                io.String.Output("report", display_name="report",
+                                 tooltip="How many images were aged to which ages, and each image returned "
+                                         "unchanged for having no face (no_face = skip) with the reason; connect "
+                                         "Preview Any to read it on the canvas."),
+            ],
         )
 
     @classmethod
     def execute(cls, model, image, target_ages: str = "70", source_age: int = -1, gender: str = "auto",
                 seed: int = 0, detector: str = "buffalo_l", face: str = "largest", face_index: int = 0,
                 det_size: int = 640, det_thresh: float = 0.5, strength: float = 0.0, id_strength: float = 0.0,
-                feather: float = 0.1, mask_scale: float = 0.9, color_match: str = "mean") -> io.NodeOutput:
+                feather: float = 0.1, mask_scale: float = 0.9, color_match: str = "mean",
+                no_face: str = "error") -> io.NodeOutput:
+        from ..cradle2cane.face import NoFaceError
         from ..cradle2cane.photo import age_photo
 
         handle = model_handle(model, AGE_PHOTO)
@@ -57,19 +70,29 @@ class AgePhoto(io.ComfyNode):
         if face not in WHICH or gender not in GENDERS:
             raise ValueError(f"{AGE_PHOTO}: face must be one of {WHICH} and gender one of {GENDERS}, "
                              f"got {face!r} / {gender!r}")
+        check_no_face(no_face, AGE_PHOTO)
         finder = face_detector(detector, det_size, det_thresh)
         count = image.shape[0]
         progress = step_callback()
-        photos = []
+        photos, skipped = [], []
         with running(handle) as core:
             for p in range(count):
                 check_cancel()
-                result = age_photo(
-                    core, to_numpy(image[p]), targets, detector=finder,
-                    source_age=None if source_age < 0 else source_age, gender=None if gender == "auto" else gender,
-                    face=face_index if face == "index" else face, seed=seed, strength=optional_value(strength),
-                    id_strength=optional_value(id_strength), feather=feather, mask_scale=mask_scale,
-                    color_match=color_match, image_name=f"{AGE_PHOTO}: image {p} of the batch",
-                    callback=lambda step, total, p=p: progress(p * total + step, count * total))
+                try:
+                    result = age_photo(
+                        core, to_numpy(image[p]), targets, detector=finder,
+                        source_age=None if source_age < 0 else source_age,
+                        gender=None if gender == "auto" else gender, face=face_index if face == "index" else face,
+                        seed=seed, strength=optional_value(strength), id_strength=optional_value(id_strength),
+                        feather=feather, mask_scale=mask_scale, color_match=color_match,
+                        image_name=f"{AGE_PHOTO}: image {p} of the batch", on_no_face=no_face,
+                        callback=lambda step, total, p=p: progress(p * total + step, count * total))
+                except NoFaceError as exc:  # no_face = error
+                    raise no_face_error(str(exc), exc, p) from exc
+                if result.no_face is not None:  # the core logged the warning, naming the image
+                    skipped.append((p, result.no_face))
                 photos.extend(result.photos)
-        return io.NodeOutput(from_numpy(photos))
+        ages = ", ".join(str(a) for a in targets)
+        report = skip_report(f"{AGE_PHOTO}: aged the face(s) of {count - len(skipped)} of {count} image(s) to "
+                             f"{ages}", skipped, "no_face = skip: returned unchanged at every age")
+        return io.NodeOutput(from_numpy(photos), report, ui=ui.PreviewText(report))

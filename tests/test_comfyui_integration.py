@@ -220,6 +220,11 @@ def test_object_info_lists_every_node_with_inputs(object_info):
     assert "Cradle2Cane" in loader["cradle2cane"][1]["options"]
     assert "checkpoints/sd_xl_turbo_1.0_fp16.safetensors" in loader["base"][1]["options"]
     assert "buffalo_l" in object_info["C2C_FaceAlign"]["input"]["required"]["detector"][1]["options"]
+    for node_id in ("C2C_FaceAlign", "C2C_AgePhoto"):  # new widget last, new output last: saved graphs stay valid
+        info = object_info[node_id]
+        assert info["input_order"]["required"][-1] == "no_face"
+        assert info["input"]["required"]["no_face"][1]["options"] == ["error", "skip"]
+        assert info["output"][-1] == "STRING" and info["output_name"][-1] == "report"
     handles = {t for info in object_info.values() if info["name"].startswith("C2C_") for t in info["output"]}
     assert {"C2C_MODEL", "C2C_FACES", "C2C_AGING", "C2C_IDENTITY", "IMAGE"} <= handles
 
@@ -319,6 +324,29 @@ def test_no_face_is_a_clear_error_and_the_server_keeps_serving(server, results):
     error = _error(entry)
     assert error["node_type"] == "C2C_FaceAlign"
     assert "no face found" in error["exception_message"] and "det_thresh" in error["exception_message"]
+    assert "no_face = skip" in error["exception_message"]
+    assert server.alive()
+
+
+def test_no_face_skip_returns_the_photo_unchanged_and_reports_it(server, results):
+    from PIL import Image
+
+    prompt = _api("cradle2cane_age_photo_all_in_one")
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "LoadImage")
+    node = next(k for k, v in prompt.items() if v["class_type"] == "C2C_AgePhoto")
+    save = next(k for k, v in prompt.items() if v["class_type"] == "SaveImage")
+    prompt[loader]["inputs"]["image"] = "black.png"
+    prompt[node]["inputs"]["no_face"] = "skip"
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
+    (item,) = entry["outputs"][save]["images"]  # one photo x one target age
+    original = np.asarray(Image.open(server.base / "input" / "black.png").convert("RGB"))
+    assert np.array_equal(np.asarray(server.image(item).convert("RGB")), original)
+    (report,) = entry["outputs"][node]["text"]  # the node's ui text, in the history as for the "executed" message
+    assert report.splitlines()[0].endswith("aged the face(s) of 0 of 1 image(s) to 70")
+    assert "image 0 skipped" in report and "no face found" in report
+    log = server.log.read_text(errors="replace")
+    assert "image 0 of the batch" in log and "passing the photo through unchanged" in log  # the warning
     assert server.alive()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import sys
 import tomllib
 from pathlib import Path
@@ -123,8 +124,9 @@ def _painted(centres, size=90, shape=(240, 400)):
 @pytest.fixture(scope="module")
 def aligned(comfy, photo):
     images = torch.cat([photo, photo.flip(2)])  # the face, and its mirror image
-    return run(comfy, "C2C_FaceAlign", image=images, detector="buffalo_l", face="largest", face_index=0,
-               det_size=640, det_thresh=0.5, size=SIZE)
+    crops, faces, _ = run(comfy, "C2C_FaceAlign", image=images, detector="buffalo_l", face="largest", face_index=0,
+                          det_size=640, det_thresh=0.5, size=SIZE)
+    return crops, faces
 
 
 # ----------------------------------------------------------------------------- registration and schemas
@@ -318,13 +320,13 @@ def test_face_align_keeps_batch_order_and_estimates(comfy, aligned, photo):
 
 def test_face_align_all_faces_left_to_right(comfy):
     image = _painted([(300, 120), (100, 120)])
-    crops, faces = run(comfy, "C2C_FaceAlign", image=image, detector="buffalo_l", face="all", face_index=0,
+    crops, faces, _ = run(comfy, "C2C_FaceAlign", image=image, detector="buffalo_l", face="all", face_index=0,
                        det_size=640, det_thresh=0.5, size=64)
     assert crops.shape == (2, 64, 64, 3) and faces.photo_index == (0, 0)
     centres = [f.bbox[0] + f.bbox[2] for f in faces.faces]
     assert centres[0] < centres[1]
-    (_, one) = run(comfy, "C2C_FaceAlign", image=image, detector="buffalo_l", face="index", face_index=1,
-                   det_size=640, det_thresh=0.5, size=64)
+    (_, one, _) = run(comfy, "C2C_FaceAlign", image=image, detector="buffalo_l", face="index", face_index=1,
+                      det_size=640, det_thresh=0.5, size=64)
     assert np.allclose(one.faces[0].bbox, faces.faces[1].bbox)
 
 
@@ -334,8 +336,47 @@ def test_no_face_names_the_image_and_what_to_try(comfy, photo):
         run(comfy, "C2C_FaceAlign", image=images, detector="buffalo_l", face="largest", face_index=0,
             det_size=640, det_thresh=0.5, size=SIZE)
     message = str(error.value)
-    assert message.startswith("Face Align") and "image 1 of the batch" in message
-    assert "det_thresh" in message and "AdaNI First Pass" in message
+    assert message.startswith("Face Align") and "image 1 of the batch" in message and error.value.index == 1
+    assert "det_thresh" in message and "AdaNI First Pass" in message and "no_face = skip" in message
+
+
+def _face_black_face(photo):
+    """[face photo, black photo, mirrored face photo]: the middle one has no face."""
+    return torch.cat([photo, torch.zeros_like(photo), photo.flip(2)])
+
+
+ALIGN = dict(detector="buffalo_l", face="largest", face_index=0, det_size=640, det_thresh=0.5, size=SIZE)
+
+
+@pytest.mark.parametrize("node_id", ["C2C_FaceAlign", "C2C_AgePhoto"])
+def test_no_face_is_the_last_input_and_report_the_last_output(comfy, node_id):
+    """Last, so saved workflows keep their widget values and links in place."""
+    schema = comfy.nodes[node_id].GET_SCHEMA()
+    last = schema.inputs[-1]
+    assert last.id == "no_face" and last.options == ["error", "skip"] and last.default == "error"
+    assert "skip" in last.tooltip and "error" in last.tooltip
+    assert [o.io_type for o in schema.outputs][-1] == "STRING" and schema.outputs[-1].id == "report"
+
+
+def test_face_align_skip_leaves_photos_without_a_face_out_and_reports_them(comfy, photo, aligned, caplog):
+    images = _face_black_face(photo)
+    with caplog.at_level(logging.WARNING):
+        out = comfy.nodes["C2C_FaceAlign"].execute(image=images, no_face="skip", **ALIGN)
+    crops, faces, report = out.args
+    assert faces.photo_index == (0, 2) and faces.skipped == (1,) and faces.photo_count == 3
+    assert torch.equal(crops, aligned[0])  # the same crops as without the black photo in between
+    assert [f.bbox.tolist() for f in faces.faces] == [f.bbox.tolist() for f in aligned[1].faces]
+    lines = report.splitlines()
+    assert lines[0] == "Face Align: 2 face(s) in 2 of 3 image(s)" and len(lines) == 2
+    assert lines[1].startswith("image 1 skipped") and "no face found in image 1 of the batch" in lines[1]
+    assert out.ui.as_dict() == {"text": (report,)}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("image 1 of the batch" in w and "Paste Face Back returns it unchanged" in w for w in warnings)
+    with pytest.raises(ValueError) as error:  # nothing to align at all: an empty IMAGE batch cannot flow on
+        run(comfy, "C2C_FaceAlign", image=images[1:2].expand(2, -1, -1, -1), no_face="skip", **ALIGN)
+    assert "no usable face in any of the 2 image(s)" in str(error.value) and "det_thresh" in str(error.value)
+    with pytest.raises(ValueError, match="no_face must be one of"):
+        run(comfy, "C2C_FaceAlign", image=photo, no_face="ignore", **ALIGN)
 
 
 def test_missing_face_pack_says_where_to_unzip(comfy, photo):
@@ -482,17 +523,65 @@ def test_paste_back_gives_one_photo_per_age_and_keeps_the_background(comfy, mode
 
 
 def test_age_photo_equals_the_node_chain(comfy, model, photo, aligned):
-    crops, faces = run(comfy, "C2C_FaceAlign", image=photo, detector="buffalo_l", face="largest", face_index=0,
-                       det_size=640, det_thresh=0.5, size=SIZE)
+    crops, faces, _ = run(comfy, "C2C_FaceAlign", image=photo, detector="buffalo_l", face="largest", face_index=0,
+                          det_size=640, det_thresh=0.5, size=SIZE)
     final = _chain(comfy, model, crops, faces, ages="25, 75", seed=9)[3]
     (chain,) = run(comfy, "C2C_PasteFaceBack", image=photo, faces=faces, aged=final, feather=0.1, mask_scale=0.9,
                    color_match="mean")
-    (allinone,) = run(comfy, "C2C_AgePhoto", model=model, image=photo, target_ages="25, 75", source_age=-1,
-                      gender="auto", seed=9, detector="buffalo_l", face="largest", face_index=0, det_size=640,
-                      det_thresh=0.5, strength=0.0, id_strength=0.0, feather=0.1, mask_scale=0.9,
-                      color_match="mean")
+    allinone, report = run(comfy, "C2C_AgePhoto", model=model, image=photo, target_ages="25, 75", source_age=-1,
+                           gender="auto", seed=9, detector="buffalo_l", face="largest", face_index=0, det_size=640,
+                           det_thresh=0.5, strength=0.0, id_strength=0.0, feather=0.1, mask_scale=0.9,
+                           color_match="mean", no_face="error")
+    assert report == "Cradle2Cane Age Photo: aged the face(s) of 1 of 1 image(s) to 25, 75"
     assert allinone.shape == (2, 512, 512, 3)
     assert torch.allclose(allinone, chain, atol=1e-6)
+
+
+def test_skipped_photo_comes_back_unchanged_from_paste_face_back(comfy, model, photo, aligned):
+    images = _face_black_face(photo)
+    crops, faces, _ = run(comfy, "C2C_FaceAlign", image=images, no_face="skip", **ALIGN)
+    final = _chain(comfy, model, crops, faces)[3]  # the aging nodes see 2 faces; the black photo is not there
+    assert final.shape == (4, SIZE, SIZE, 3)
+    (out,) = run(comfy, "C2C_PasteFaceBack", image=images, faces=faces, aged=final, feather=0.1, mask_scale=0.9,
+                 color_match="mean")
+    assert out.shape == (6, 512, 512, 3)  # 3 photos x 2 ages, photo by photo
+    assert torch.equal(out[2], images[1]) and torch.equal(out[3], images[1])  # the black photo, at both ages
+    (without,) = run(comfy, "C2C_PasteFaceBack", image=images[[0, 2]], faces=aligned[1], aged=final, feather=0.1,
+                     mask_scale=0.9, color_match="mean")
+    assert torch.equal(out[[0, 1, 4, 5]], without)  # the others in order, as if the black one were not there
+
+
+def test_age_photo_skip_returns_a_photo_without_a_face_unchanged_at_every_age(comfy, model, photo, caplog):
+    images = _face_black_face(photo)
+    settings = dict(model=model, target_ages="25, 75", source_age=-1, gender="auto", seed=9, strength=0.0,
+                    id_strength=0.0, feather=0.1, mask_scale=0.9, color_match="mean", **ALIGN)
+    settings.pop("size")
+    with caplog.at_level(logging.WARNING):
+        out = comfy.nodes["C2C_AgePhoto"].execute(image=images, no_face="skip", **settings)
+    result, report = out.args
+    assert result.shape == (6, 512, 512, 3)  # photos x ages, photo by photo
+    assert torch.equal(result[2], images[1]) and torch.equal(result[3], images[1])
+    alone, _ = run(comfy, "C2C_AgePhoto", image=photo, no_face="skip", **settings)
+    assert torch.allclose(result[:2], alone, atol=1e-6)  # photo 0 aged as on its own
+    assert torch.equal(result[4:, :40, :40], images[2:, :40, :40].expand(2, -1, -1, -1))  # photo 2, in place
+    assert (result[4:] - images[2]).abs().mean() > 1e-3
+    lines = report.splitlines()
+    assert lines[0] == "Cradle2Cane Age Photo: aged the face(s) of 2 of 3 image(s) to 25, 75" and len(lines) == 2
+    assert lines[1].startswith("image 1 skipped") and "image 1 of the batch" in lines[1]
+    assert out.ui.as_dict() == {"text": (report,)}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("image 1 of the batch" in w and "unchanged" in w for w in warnings)
+    black, report = run(comfy, "C2C_AgePhoto", image=images[1:2], no_face="skip", **settings)
+    assert torch.equal(black, images[1:2].expand(2, -1, -1, -1)) and "image 0 skipped" in report
+
+
+def test_age_photo_no_face_error_names_the_image_and_the_settings(comfy, model, photo):
+    with pytest.raises(ValueError) as error:
+        run(comfy, "C2C_AgePhoto", model=model, image=torch.cat([photo, torch.zeros_like(photo)]), target_ages="70",
+            seed=0, no_face="error")
+    message = str(error.value)
+    assert "no face found in Cradle2Cane Age Photo: image 1 of the batch" in message and error.value.index == 1
+    assert "det_thresh=0.5" in message and "det_size=640" in message and "no_face = skip" in message
 
 
 # ----------------------------------------------------------------------------- progress and cancel

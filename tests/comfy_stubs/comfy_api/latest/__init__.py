@@ -1,10 +1,11 @@
-"""Test stand-in for ``comfy_api.latest``: ``io`` and ``ComfyExtension``."""
+"""Test stand-in for ``comfy_api.latest``: ``io``, ``ui`` and ``ComfyExtension``."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
 from . import _io as io
+from . import _ui as ui
 
 
 class ComfyExtension(ABC):
@@ -16,4 +17,4 @@ class ComfyExtension(ABC):
         """The node classes this extension provides."""
 
 
-__all__ = ["ComfyExtension", "io"]
+__all__ = ["ComfyExtension", "io", "ui"]
