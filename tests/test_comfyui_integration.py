@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from node_names import NODE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "example_workflows"
@@ -40,16 +41,6 @@ pytestmark = pytest.mark.skipif(
            "to run the pack inside the real server",
 )
 
-NODE_IDS = {
-    "C2C_LoadCradle2Cane": "Load Cradle2Cane",
-    "C2C_FaceAlign": "Face Align",
-    "C2C_AdaNIFirstPass": "AdaNI First Pass",
-    "C2C_IdentityEmbed": "Identity Embed (SVR-ArcFace/Rotate-CLIP)",
-    "C2C_IdentitySecondPass": "Identity Second Pass",
-    "C2C_PasteFaceBack": "Paste Face Back",
-    "C2C_LifespanSweep": "Lifespan Sweep",
-    "C2C_AgePhoto": "Cradle2Cane Age Photo",
-}
 PHOTO_SIZE = (512, 512)  # assets/astronaut.jpg
 TINY = (128, 128)  # the tiny model's resolution: aged crops come out at this size
 # output node -> (number of images, size) for each shipped workflow (tiny model set, astronaut photo)
@@ -206,7 +197,7 @@ def test_pack_loads_without_import_errors(server):
 
 
 def test_object_info_lists_every_node_with_inputs(object_info):
-    for node_id, display in NODE_IDS.items():
+    for node_id, display in NODE_NAMES.items():
         assert node_id in object_info, f"{node_id} missing from /object_info"
         info = object_info[node_id]
         assert info["display_name"] == display

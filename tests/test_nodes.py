@@ -21,22 +21,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from node_names import NODE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 STUB_MODULES = ("comfy_api", "comfy", "folder_paths", "frontend")
 PACK = "c2c_comfy_pack"  # ComfyUI names it after the folder; any name works
 
-NODE_NAMES = {
-    "C2C_LoadCradle2Cane": "Load Cradle2Cane",
-    "C2C_FaceAlign": "Face Align",
-    "C2C_AdaNIFirstPass": "AdaNI First Pass",
-    "C2C_IdentityEmbed": "Identity Embed (SVR-ArcFace/Rotate-CLIP)",
-    "C2C_IdentitySecondPass": "Identity Second Pass",
-    "C2C_PasteFaceBack": "Paste Face Back",
-    "C2C_LifespanSweep": "Lifespan Sweep",
-    "C2C_AgePhoto": "Cradle2Cane Age Photo",
-}
 SIZE = 128  # the tiny model's resolution
 
 
