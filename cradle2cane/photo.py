@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .face import AlignedFace, FaceDetector, NoFaceError, Which, align_faces, find_insightface_pack, paste_back_many
+from .face import AlignedFace, DetectedFace, FaceDetector, NoFaceError, Which, align_faces, find_insightface_pack, paste_back_many
 from .passes import MAX_AGE, MIN_AGE, StepCallback, check_age, check_gender
 
 logger = logging.getLogger(__name__)
@@ -67,26 +67,31 @@ def age_photo(model, photo: np.ndarray, target_ages: int | Sequence[int], *, det
               id_strength: float | None = None, alpha: np.ndarray | None = None,
               callback: StepCallback | None = None, det_size: int = 640, det_thresh: float = 0.5,
               feather: float = 0.1, mask_scale: float = 0.9, color_match: str = "mean",
-              image_name: str = "photo", batch_size: int = 8, on_no_face: str = "error") -> PhotoAgingResult:
+              image_name: str = "photo", batch_size: int = 8, on_no_face: str = "error",
+              detected: Sequence[DetectedFace] | None = None) -> PhotoAgingResult:
     """Age the chosen face(s) of ``photo`` (HxWx3 RGB, uint8 or float 0..1) to each target age.
 
     Pixels outside the faces' blending masks are returned unchanged. ``alpha`` (HxW), when given,
     is attached to every output photo as a fourth channel. ``on_no_face``: ``error`` raises
     :class:`NoFaceError`; ``skip`` returns the photo unchanged for every age, with the reason in
-    ``no_face`` (and a warning logged).
+    ``no_face`` (and a warning logged). ``detected``: faces already found in ``photo`` (e.g. by a
+    caller that checks a whole batch before aging any of it); detection is then skipped.
     """
     import torch
 
     targets = [check_age(t, "target age") for t in (target_ages if isinstance(target_ages, (list, tuple))
                                                       else [target_ages])]
-    if detector is None:
+    if detector is None and detected is None:
         if models_dir is None:
             raise ValueError("age_photo needs a detector or the models folder holding insightface/models/<pack>")
         detector = FaceDetector(find_insightface_pack(models_dir), det_size=det_size, det_thresh=det_thresh)
     if on_no_face not in NO_FACE_MODES:
         raise ValueError(f"on_no_face must be one of {NO_FACE_MODES}, got {on_no_face!r}")
     try:
-        detected = detector.find(photo, face, image_name=image_name)
+        if detected is None:
+            detected = detector.find(photo, face, image_name=image_name)
+        elif not detected:
+            raise NoFaceError(f"{image_name}: no face given to age")
     except NoFaceError as exc:
         if on_no_face == "error":
             raise

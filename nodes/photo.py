@@ -75,20 +75,27 @@ class AgePhoto(io.ComfyNode):
         count = image.shape[0]
         progress = step_callback()
         photos, skipped = [], []
-        with running(handle) as core:
+        names = [f"{AGE_PHOTO}: image {p} of the batch" for p in range(count)]
+        which = face_index if face == "index" else face
+        detected: list = [None] * count
+        if no_face == "error":  # find every face first: a faceless image fails before any aging
             for p in range(count):
                 check_cancel()
                 try:
-                    result = age_photo(
-                        core, to_numpy(image[p]), targets, detector=finder,
-                        source_age=None if source_age < 0 else source_age,
-                        gender=None if gender == "auto" else gender, face=face_index if face == "index" else face,
-                        seed=seed, strength=optional_value(strength), id_strength=optional_value(id_strength),
-                        feather=feather, mask_scale=mask_scale, color_match=color_match,
-                        image_name=f"{AGE_PHOTO}: image {p} of the batch", on_no_face=no_face,
-                        callback=lambda step, total, p=p: progress(p * total + step, count * total))
-                except NoFaceError as exc:  # no_face = error
+                    detected[p] = finder.find(to_numpy(image[p]), which, image_name=names[p], index=p)
+                except NoFaceError as exc:
                     raise no_face_error(str(exc), exc, p) from exc
+        with running(handle) as core:
+            for p in range(count):
+                check_cancel()
+                result = age_photo(
+                    core, to_numpy(image[p]), targets, detector=finder, detected=detected[p],
+                    source_age=None if source_age < 0 else source_age,
+                    gender=None if gender == "auto" else gender, face=which,
+                    seed=seed, strength=optional_value(strength), id_strength=optional_value(id_strength),
+                    feather=feather, mask_scale=mask_scale, color_match=color_match,
+                    image_name=names[p], on_no_face=no_face,
+                    callback=lambda step, total, p=p: progress(p * total + step, count * total))
                 if result.no_face is not None:  # the core logged the warning, naming the image
                     skipped.append((p, result.no_face))
                 photos.extend(result.photos)

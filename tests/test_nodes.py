@@ -566,10 +566,14 @@ def test_age_photo_skip_returns_a_photo_without_a_face_unchanged_at_every_age(co
     assert torch.equal(black, images[1:2].expand(2, -1, -1, -1)) and "image 0 skipped" in report
 
 
-def test_age_photo_no_face_error_names_the_image_and_the_settings(comfy, model, photo):
+def test_age_photo_no_face_error_names_the_image_and_the_settings(comfy, model, photo, monkeypatch):
+    updates = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        updates.append((value, total)))
     with pytest.raises(ValueError) as error:
         run(comfy, "C2C_AgePhoto", model=model, image=torch.cat([photo, torch.zeros_like(photo)]), target_ages="70",
             seed=0, no_face="error")
+    assert updates == []  # every photo is checked for a face before any of them is aged
     message = str(error.value)
     assert "no face found in Cradle2Cane Age Photo: image 1 of the batch" in message and error.value.index == 1
     assert "det_thresh=0.5" in message and "det_size=640" in message and "no_face = skip" in message
