@@ -99,7 +99,7 @@ def _cmd_age(args: argparse.Namespace) -> int:
     if args.aligned and (args.source_age is None or args.gender is None):
         raise UsageError("--aligned needs --source-age and --gender (there is no detection to estimate them)")
     outputs = _output_paths(args.out, args.image, targets)
-    from .face import load_image
+    from .images import load_image
 
     photo, alpha = load_image(args.image)
     model = load_model(args)

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .face import AlignedFace, DetectedFace, FaceDetector, NoFaceError, Which, align_faces, find_insightface_pack, paste_back_many
+from .align import AlignedFace, align_faces, paste_back_many
+from .face import DetectedFace, FaceDetector, NoFaceError, Which, find_insightface_pack
 from .passes import MAX_AGE, MIN_AGE, StepCallback, check_age, check_gender
 
 logger = logging.getLogger(__name__)

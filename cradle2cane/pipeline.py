@@ -11,7 +11,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from .arcface import IResNet, arcface_hidden_state, iresnet_from_state_dict, net
 from .embeddings import ClipFeatures, ClipPreprocess, age_text, rotate_clip, svr_arcface
 from .passes import (EncodedImages, Img2ImgSampler, StepCallback, adani_strength, aging_prompt, check_age,
                      check_gender, check_strength, lora_enabled, unet_evaluations)
-from .projectors import ProjectorMLP, expected_shapes, projector_dims, projector_from_state_dict
+from .projectors import ProjectorMLP, expected_shapes, projector_from_state_dict
 from .settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -85,6 +85,7 @@ def detect_and_align(images, detector: str, face: str, face_index: int, det_size
     With ``no_face="skip"`` a photo without a usable face gives no crop and is listed in the handle's
     ``skipped``; if that leaves no crop at all it is an error, since an IMAGE batch cannot be empty.
     """
+    from ..cradle2cane import align as A
     from ..cradle2cane import face as F
 
     if face not in WHICH:
@@ -108,7 +109,7 @@ def detect_and_align(images, detector: str, face: str, face_index: int, det_size
                            "unchanged", node, exc, p)
             skipped.append((p, str(exc)))
             continue
-        for item in F.align_faces(photo, found, size):
+        for item in A.align_faces(photo, found, size):
             crops.append(item.image)
             aligned.append(item.without_image())
             photo_index.append(p)
@@ -184,7 +185,7 @@ def paste_inputs() -> list[io.Input]:
 def paste(images, faces: FacesHandle, aged, feather: float, mask_scale: float, color_match: str,
           node: str) -> list[np.ndarray]:
     """Photos with their faces replaced: photo by photo, then age by age."""
-    from ..cradle2cane import face as F
+    from ..cradle2cane import align as A
 
     if images.shape[0] != faces.photo_count:
         raise ValueError(f"{node}: 'image' has {images.shape[0]} photos but 'faces' came from {faces.photo_count}; "
@@ -207,7 +208,7 @@ def paste(images, faces: FacesHandle, aged, feather: float, mask_scale: float, c
         for j in range(ages):
             check_cancel()
             crops = [to_numpy(aged[i * ages + j]) for i in mine]
-            out.append(F.paste_back_many(photo, crops, [faces.faces[i] for i in mine], feather=feather,
+            out.append(A.paste_back_many(photo, crops, [faces.faces[i] for i in mine], feather=feather,
                                          mask_scale=mask_scale, color_match=color_match))
     return out
 

@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from cradle2cane import align as A
 from cradle2cane import face as F
+from cradle2cane import images as I
 from cradle2cane import tiny_faces as T
 
 BACKGROUND = (40, 60, 90)  # bluish grey: never skin
@@ -101,21 +103,21 @@ def test_planted_detector_reports_known_landmarks(detector):
 def test_ffhq_quad_matches_hand_computed_values():
     # eye line dominates: x = (80, 0) scaled to 2 * |eye_to_eye| = 80, c = eye_avg + 0.1 * (0, 40)
     kps = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]], float)
-    np.testing.assert_allclose(F.ffhq_quad(kps), [[40, 24], [40, 184], [200, 184], [200, 24]])
+    np.testing.assert_allclose(A.ffhq_quad(kps), [[40, 24], [40, 184], [200, 184], [200, 24]])
     # eye-to-mouth dominates: scale 1.8 * 30 = 54, c = (5, 0) + (0, 3)
     kps = np.array([[0, 0], [10, 0], [5, 15], [0, 30], [10, 30]], float)
-    np.testing.assert_allclose(F.ffhq_quad(kps), [[-49, -51], [-49, 57], [59, 57], [59, -51]])
+    np.testing.assert_allclose(A.ffhq_quad(kps), [[-49, -51], [-49, 57], [59, 57], [59, -51]])
     # a face turned by 90 degrees gives the turned quad
     turn = np.array([[0.0, -1.0], [1.0, 0.0]])
     kps = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]], float)
-    np.testing.assert_allclose(F.ffhq_quad(kps @ turn.T), F.ffhq_quad(kps) @ turn.T, atol=1e-9)
+    np.testing.assert_allclose(A.ffhq_quad(kps @ turn.T), A.ffhq_quad(kps) @ turn.T, atol=1e-9)
     with pytest.raises(ValueError, match="5 finite"):
-        F.ffhq_quad(np.zeros((4, 2)))
+        A.ffhq_quad(np.zeros((4, 2)))
 
 
 def test_quad_matrix_maps_quad_to_crop_corners():
     quad = np.array([[40, 24], [40, 184], [200, 184], [200, 24]], float)
-    matrix = F.quad_matrix(quad, 512)
+    matrix = A.quad_matrix(quad, 512)
     corners = np.hstack([quad, np.ones((4, 1))]) @ matrix.T
     np.testing.assert_allclose(corners, [[-0.5, -0.5], [-0.5, 511.5], [511.5, 511.5], [511.5, -0.5]], atol=1e-9)
 
@@ -125,22 +127,22 @@ def test_align_face_output_and_reflect_padding():
     image[:] = (200, 210, 220)
     image[:, :200] = (150, 160, 170)
     kps = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]], float)
-    aligned = F.align_face(image, kps, size=128)
+    aligned = A.align_face(image, kps, size=128)
     assert aligned.image.shape == (128, 128, 3) and aligned.image.dtype == np.float32
     assert aligned.photo_size == (300, 400) and aligned.size == 128
     # a face in the corner: the quad leaves the photo, reflection fills it (no black)
-    corner = F.align_face(image, kps - 95, size=128)
+    corner = A.align_face(image, kps - 95, size=128)
     assert corner.quad.min() < 0
     assert corner.image.min() > 0.5
     # a float grey photo works the same
-    grey = F.align_face(image[:, :, 0].astype(np.float32) / 255.0, kps, size=64)
+    grey = A.align_face(image[:, :, 0].astype(np.float32) / 255.0, kps, size=64)
     assert grey.image.shape == (64, 64, 3)
 
 
 # --------------------------------------------------------------------------- detect -> align -> paste
 
 
-def _aligned_coordinates(face: F.AlignedFace, shape) -> np.ndarray:
+def _aligned_coordinates(face: A.AlignedFace, shape) -> np.ndarray:
     ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
     points = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
     return points @ face.matrix.T  # photo pixel -> aligned pixel
@@ -149,8 +151,8 @@ def _aligned_coordinates(face: F.AlignedFace, shape) -> np.ndarray:
 def test_round_trip_is_lossless_outside_mask_and_close_inside(detector):
     image = photo(640, 480, ((300, 250), 160), blur=6.0)
     faces = detector.find(image)
-    aligned = F.align_face(image, faces[0], size=512)
-    out = F.paste_back(image, aligned.image, aligned)
+    aligned = A.align_face(image, faces[0], size=512)
+    out = A.paste_back(image, aligned.image, aligned)
     assert out.dtype == np.uint8 and out.shape == image.shape
 
     coords = _aligned_coordinates(aligned, image.shape)
@@ -163,7 +165,7 @@ def test_round_trip_is_lossless_outside_mask_and_close_inside(detector):
 
     # an edited face does change the face, and only there
     aged = 1.0 - aligned.image
-    changed = F.paste_back(image, aged, aligned, color_match="none")
+    changed = A.paste_back(image, aged, aligned, color_match="none")
     assert np.array_equal(changed[outside], image[outside])
     assert np.abs(changed.astype(int) - image.astype(int))[core].mean() > 50
 
@@ -171,7 +173,7 @@ def test_round_trip_is_lossless_outside_mask_and_close_inside(detector):
 def test_paste_back_float_rgba_resolution_and_colour_match(detector):
     image = photo(400, 300, ((200, 150), 110), blur=3.0)
     faces = detector.find(image)
-    aligned = F.align_face(image, faces[0], size=256)
+    aligned = A.align_face(image, faces[0], size=256)
     coords = _aligned_coordinates(aligned, image.shape)
     radius = np.hypot(coords[..., 0] - 127.5, coords[..., 1] - 127.5)
     outside = radius > 0.9 * 128 + 2
@@ -179,21 +181,21 @@ def test_paste_back_float_rgba_resolution_and_colour_match(detector):
     rgba = np.dstack([image, np.arange(300 * 400).reshape(300, 400) % 256]).astype(np.uint8)
     small = cv2.resize(aligned.image, (128, 128), interpolation=cv2.INTER_AREA)  # another resolution
     tinted = np.clip(small + np.array([0.0, 0.0, 0.2], np.float32), 0, 1)
-    out = F.paste_back(rgba, tinted, aligned)
+    out = A.paste_back(rgba, tinted, aligned)
     assert out.shape == rgba.shape and np.array_equal(out[:, :, 3], rgba[:, :, 3])
     assert np.array_equal(out[outside], rgba[outside])
     # the default colour match removes a global tint measured at the seam
-    untouched = F.paste_back(rgba, tinted, aligned, color_match="none")
+    untouched = A.paste_back(rgba, tinted, aligned, color_match="none")
     core = radius < 0.5 * 128
     blue_shift = lambda x: (x[:, :, 2].astype(float) - image[:, :, 2])[core].mean()  # noqa: E731
     assert blue_shift(untouched) > 45 and abs(blue_shift(out)) < 5
 
     floats = image.astype(np.float32) / 255.0
-    out = F.paste_back(floats, aligned.image, aligned, mask_scale=0.8, feather=0.05, color_match="mean_std")
+    out = A.paste_back(floats, aligned.image, aligned, mask_scale=0.8, feather=0.05, color_match="mean_std")
     assert out.dtype == np.float32 and out.max() <= 1.0
     assert np.array_equal(out[outside], floats[outside])
     with pytest.raises(ValueError, match="aligned from a 400x300 photo"):
-        F.paste_back(image[:100], aligned.image, aligned)
+        A.paste_back(image[:100], aligned.image, aligned)
 
 
 def test_multi_face_order_selection_and_paste(detector):
@@ -212,9 +214,9 @@ def test_multi_face_order_selection_and_paste(detector):
         F.select_faces(faces, 3)
 
     chosen = detector.find(image, "all")
-    aligned = F.align_faces(image, chosen, size=256)
+    aligned = A.align_faces(image, chosen, size=256)
     assert [a.face_index for a in aligned] == [0, 1, 2]
-    out = F.paste_back_many(image, [1.0 - a.image for a in aligned], aligned, color_match="none")
+    out = A.paste_back_many(image, [1.0 - a.image for a in aligned], aligned, color_match="none")
     for face in chosen:  # every face centre changed
         x, y = np.round(centre(face)).astype(int)
         assert np.abs(out[y, x].astype(int) - image[y, x].astype(int)).max() > 60
@@ -229,9 +231,9 @@ def test_real_photo_end_to_end(detector):
     assert len(faces) == 1
     cx, cy = centre(faces[0])
     assert 180 < cx < 260 and 80 < cy < 170  # the astronaut's face
-    aligned = F.align_face(image, faces[0], size=512)
+    aligned = A.align_face(image, faces[0], size=512)
     older = np.clip(aligned.image * 0.8 + 0.1, 0, 1)
-    out = F.paste_back(image, older, aligned)
+    out = A.paste_back(image, older, aligned)
     assert out.shape == image.shape and out.dtype == np.uint8
     assert not np.array_equal(out, image)
     assert np.array_equal(out[400:], image[400:])
@@ -300,7 +302,7 @@ def test_huge_photo_is_detected_on_a_downscaled_copy(detector, caplog):
     assert any("downscaled 1280x960 copy" in r.getMessage() for r in caplog.records)
     expected = T.expected_face((1500, 1200), 600)
     np.testing.assert_allclose(faces[0].kps, expected["kps"], atol=8.0)
-    aligned = F.align_face(image, faces[0], size=256)  # shrinks before warping
+    aligned = A.align_face(image, faces[0], size=256)  # shrinks before warping
     assert aligned.image.shape == (256, 256, 3)
     assert np.abs(aligned.image[128, 128] * 255 - np.array(T.FACE_RGB)).max() < 3
 
@@ -343,7 +345,7 @@ def test_load_image_applies_exif_orientation(tmp_path, detector):
     path = tmp_path / "phone.jpg"
     Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
 
-    rgb, alpha = F.load_image(path)
+    rgb, alpha = I.load_image(path)
     assert rgb.shape == (240, 320, 3) and rgb.dtype == np.uint8 and alpha is None
     assert np.abs(rgb.astype(int) - upright).mean() < 3
     face = detector.find(rgb)[0]
@@ -355,35 +357,35 @@ def test_load_image_modes(tmp_path):
 
     grey = (np.arange(30 * 20).reshape(20, 30) % 256).astype(np.uint8)
     Image.fromarray(grey, "L").save(tmp_path / "grey.png")
-    rgb, alpha = F.load_image(tmp_path / "grey.png")
+    rgb, alpha = I.load_image(tmp_path / "grey.png")
     assert rgb.shape == (20, 30, 3) and alpha is None and np.array_equal(rgb[:, :, 1], grey)
 
     deep = (np.arange(30 * 20).reshape(20, 30) * 100).astype(np.uint16)
     cv2.imwrite(str(tmp_path / "deep.png"), deep)
-    rgb, alpha = F.load_image(tmp_path / "deep.png")
+    rgb, alpha = I.load_image(tmp_path / "deep.png")
     assert rgb.dtype == np.uint8 and alpha is None
     assert np.abs(rgb[:, :, 0].astype(float) - deep / 257.0).max() <= 1.0
 
     colour = np.random.default_rng(0).integers(0, 256, (20, 30, 4), dtype=np.uint8)
     Image.fromarray(colour, "RGBA").save(tmp_path / "rgba.png")
-    rgb, alpha = F.load_image(tmp_path / "rgba.png")
+    rgb, alpha = I.load_image(tmp_path / "rgba.png")
     assert np.array_equal(rgb, colour[:, :, :3]) and np.array_equal(alpha, colour[:, :, 3])
 
     palette = Image.fromarray(grey, "L").convert("P")
     palette.info["transparency"] = 0
     palette.save(tmp_path / "palette.png", transparency=0)
-    rgb, alpha = F.load_image(tmp_path / "palette.png")
+    rgb, alpha = I.load_image(tmp_path / "palette.png")
     assert rgb.shape == (20, 30, 3) and alpha is not None and alpha.min() == 0
 
     Image.fromarray(np.dstack([grey, grey]), "LA").save(tmp_path / "la.png")
-    rgb, alpha = F.load_image(tmp_path / "la.png")
+    rgb, alpha = I.load_image(tmp_path / "la.png")
     assert rgb.shape == (20, 30, 3) and np.array_equal(alpha, grey)
 
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ValueError, match="broken.jpg"):
-        F.load_image(tmp_path / "broken.jpg")
+        I.load_image(tmp_path / "broken.jpg")
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        F.load_image(tmp_path / "missing.png")
+        I.load_image(tmp_path / "missing.png")
 
 
 # --------------------------------------------------------------------------- packs, providers, cache

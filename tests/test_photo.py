@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from cradle2cane.cli import main
-from cradle2cane.face import FaceDetector, NoFaceError, face_mask, find_insightface_pack
+from cradle2cane.align import face_mask
+from cradle2cane.face import FaceDetector, NoFaceError, find_insightface_pack
 from cradle2cane.photo import age_photo
 from cradle2cane.tiny_faces import FEMALE_FACE_RGB, paint_face
 
