@@ -218,7 +218,8 @@ def build_full_size_model(device: str = "cuda", dtype=None, seed: int = 0, lora_
 
     from .arcface import IRESNET_LAYERS, IResNet
     from .embeddings import ClipFeatures, ClipPreprocess
-    from .pipeline import LORA_ADAPTER, Cradle2Cane
+    from .loaders import LORA_ADAPTER
+    from .pipeline import Cradle2Cane
     from .projectors import ProjectorMLP
     from .settings import Settings
     from .single_file import SDXL_TURBO_CONFIG_DIR as CONFIGS

@@ -8,7 +8,6 @@ seeded with the face's seed, so one face aged to 70 alone equals the 70 of a swe
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,16 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from . import weights as W
-from .arcface import IResNet, arcface_hidden_state, iresnet_from_state_dict, network_name
+from .arcface import IResNet, arcface_hidden_state
 from .embeddings import ClipFeatures, ClipPreprocess, age_text, rotate_clip, svr_arcface
 from .passes import (EncodedImages, Img2ImgSampler, StepCallback, adani_strength, aging_prompt, check_age,
                      check_gender, check_strength, lora_enabled, unet_evaluations)
-from .projectors import ProjectorMLP, expected_shapes, projector_from_state_dict
+from .loaders import load_arcface, load_base, load_clip, load_lora, load_projector
+from .projectors import ProjectorMLP
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-LORA_ADAPTER = "cradle2cane"
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -378,99 +377,3 @@ class Cradle2Cane:
         return AgingResult(images=images, aged=first.aged, source_index=first.source_index,
                            source_ages=first.source_ages, target_ages=first.target_ages, genders=first.genders,
                            strengths=first.strengths, id_strength=id_strength, seeds=first.seeds)
-
-
-# ---------------------------------------------------------------------- component loaders
-
-
-def load_clip(folder: Path, dtype: torch.dtype):
-    from transformers import CLIPModel, CLIPTokenizer
-
-    source = W.source_of(W.CLIP_DIR)
-    try:
-        model = CLIPModel.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise W.mismatch(folder, f"is not a complete CLIP model folder ({exc})", source) from exc
-    if len(tokenizer) < 100:  # a missing vocabulary silently yields a 2-token tokenizer
-        raise W.mismatch(folder, f"has no usable tokenizer (vocab.json/merges.txt; got {len(tokenizer)} tokens)", source)
-    return model.eval().requires_grad_(False), tokenizer
-
-
-def load_base(paths: W.ModelPaths, clip_tokenizer, dtype: torch.dtype):
-    """SDXL-Turbo img2img pipeline from a diffusers folder or a single-file checkpoint."""
-
-    with warnings.catch_warnings():
-        # diffusers 0.36+ renames torch_dtype to dtype; the old name works in every version we support
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        return _load_base(paths, clip_tokenizer, dtype)
-
-
-def _load_base(paths: W.ModelPaths, clip_tokenizer, dtype: torch.dtype):
-    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
-
-    vae = None
-    if paths.vae is not None:
-        vae = AutoencoderKL.from_pretrained(str(paths.vae), torch_dtype=dtype, local_files_only=True)
-    kwargs = {"vae": vae} if vae is not None else {}
-    if paths.base.is_dir():
-        try:
-            pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-                str(paths.base), torch_dtype=dtype, local_files_only=True, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise W.mismatch(paths.base, f"is not a complete SDXL diffusers folder ({exc})",
-                             W.source_of(W.BASE_DIR)) from exc
-    else:
-        from .single_file import SDXL_TURBO_CONFIG_DIR, load_sdxl_single_file
-
-        tokenizer_2 = _second_tokenizer(clip_tokenizer)
-        pipe = load_sdxl_single_file(paths.base, paths.base_config or SDXL_TURBO_CONFIG_DIR, clip_tokenizer,
-                                     tokenizer_2, torch_dtype=dtype)
-        if vae is not None:
-            pipe.vae = vae
-    if dtype == torch.float16 and pipe.vae.config.force_upcast:
-        pipe.vae.to(torch.float32)  # the original SDXL VAE overflows in fp16
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _second_tokenizer(tokenizer):
-    """SDXL's second tokenizer: the same CLIP BPE vocabulary, padding with '!'."""
-    import copy
-
-    second = copy.deepcopy(tokenizer)
-    second.pad_token = "!"
-    return second
-
-
-def load_lora(pipe, path: Path) -> None:
-    from .passes import _tuner_layers
-
-    try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise W.mismatch(path, f"cannot be loaded as an SDXL UNet LoRA ({exc})", W.source_of(W.C2C_DIR)) from exc
-    if not _tuner_layers(pipe.unet):
-        raise W.mismatch(path, "holds no UNet LoRA weights (expected diffusers/PEFT keys unet.*.lora_A/lora_B)",
-                         W.source_of(W.C2C_DIR))
-
-
-def load_arcface(path: Path, settings: Settings) -> IResNet:
-    state = W.load_pickle_state_dict(path, W.source_of(W.C2C_DIR))
-    try:
-        net = iresnet_from_state_dict(state)
-    except (KeyError, RuntimeError) as exc:
-        raise W.mismatch(path, f"is not an arcface_torch iResNet state dict ({exc})", W.source_of(W.C2C_DIR)) from exc
-    name = network_name(net)
-    if name != settings.arcface_network:
-        logger.warning("%s is an iResNet %s, hparams.yml says %s; using the file's depth", path,
-                       name or f"with stages {net.layers_per_stage}", settings.arcface_network)
-    return net.eval().requires_grad_(False)
-
-
-def load_projector(path: Path, in_dim: int, out_dim: int, what: str) -> ProjectorMLP:
-    source = W.source_of(W.C2C_DIR)
-    state = W.load_state_dict_file(path, source)
-    W.check_shapes(path, state, expected_shapes(in_dim, out_dim), source,
-                   f"a {what} {in_dim} -> {out_dim} (METHOD.md section 3)")
-    return projector_from_state_dict(state).requires_grad_(False)

@@ -16,7 +16,7 @@ import torch
 from cradle2cane import weights as W
 from cradle2cane.arcface import IResNet, network_name
 from cradle2cane.embeddings import ClipFeatures, ClipPreprocess
-from cradle2cane.pipeline import LORA_ADAPTER, load_arcface, load_base, load_clip
+from cradle2cane.loaders import LORA_ADAPTER, load_arcface, load_base, load_clip
 from cradle2cane.projectors import ProjectorMLP
 from cradle2cane.settings import Settings
 
