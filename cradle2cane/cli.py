@@ -196,15 +196,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:
         _quiet_libraries()
+    return run_command(args, "cradle2cane")
+
+
+def run_command(args: argparse.Namespace, program: str) -> int:
+    """Run the chosen sub-command: exit 130 on Ctrl-C, and on any error one readable line on
+    stderr and exit 1 (the traceback only with ``--debug``)."""
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("cradle2cane: interrupted", file=sys.stderr)
+        print(f"{program}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one readable line; the traceback only with --debug
+    except Exception as exc:
         if args.debug:
             raise
-        print(f"cradle2cane {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{program} {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
 

@@ -134,16 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         for name in ("diffusers", "transformers", "accelerate", "PIL"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("training: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one readable line; the traceback only with --debug
-        if args.debug:
-            raise
-        print(f"training {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    from cradle2cane.cli import run_command
+
+    return run_command(args, "training")
 
 
 if __name__ == "__main__":

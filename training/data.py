@@ -102,6 +102,19 @@ def labels_from_name(path: str | Path) -> tuple[int, str] | None:
         return None
 
 
+def _sample(image: Path, age: Any, gender: Any, check_images: bool, where: str) -> tuple[Sample | None, str | None]:
+    """A labelled sample, or why the image is skipped (bad label, unreadable image)."""
+    try:
+        age_value, gender_value = check_label(age, gender)
+    except ValueError as exc:
+        reason = str(exc)
+        kind = "no age/gender" if reason.startswith("no ") else "bad label"
+        return None, f"{kind}: {reason} {where}"
+    if check_images and (problem := _check_image(image)):
+        return None, problem
+    return Sample(image, age_value, gender_value), None
+
+
 def _check_image(path: Path) -> str | None:
     """None when PIL can read the image, else the reason."""
     from PIL import Image
@@ -203,17 +216,12 @@ def prepare_ffhq(images_dir: str | Path, features_dir: str | Path, manifest: str
         if not isinstance(attributes, Mapping):
             skipped.append((name, f"no age/gender: {label.name} has no faceAttributes"))
             continue
-        try:
-            age, gender = check_label(attributes.get("age"), attributes.get("gender"))
-        except ValueError as exc:
-            reason = str(exc)
-            kind = "no age/gender" if reason.startswith("no ") else "bad label"
-            skipped.append((name, f"{kind}: {reason} in {label.name}"))
-            continue
-        if check_images and (problem := _check_image(image)):
+        sample, problem = _sample(image, attributes.get("age"), attributes.get("gender"), check_images,
+                                  f"in {label.name}")
+        if problem:
             skipped.append((name, problem))
             continue
-        samples.append(Sample(image, age, gender))
+        samples.append(sample)
     return _finish(samples, skipped, Path(manifest), f"FFHQ in {images_dir}")
 
 
@@ -305,17 +313,11 @@ def prepare_folder(images_dir: str | Path, labels: str | Path, manifest: str | P
             skipped.append((name, f"duplicate label: {where} labels an image already labelled"))
             continue
         matched.add(image)
-        try:
-            age_value, gender_value = check_label(age, gender)
-        except ValueError as exc:
-            reason = str(exc)
-            kind = "no age/gender" if reason.startswith("no ") else "bad label"
-            skipped.append((name, f"{kind}: {reason} ({where})"))
-            continue
-        if check_images and (problem := _check_image(image)):
+        sample, problem = _sample(image, age, gender, check_images, f"({where})")
+        if problem:
             skipped.append((name, problem))
             continue
-        samples.append(Sample(image, age_value, gender_value))
+        samples.append(sample)
     for p in images:
         if p not in matched:
             skipped.append((str(p.relative_to(images_dir)), f"no label: not in {Path(labels).name}"))
