@@ -12,9 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .align import AlignedFace, align_faces, paste_back_many
-from .face import DetectedFace, FaceDetector, NoFaceError, Which, find_insightface_pack
-from .passes import MAX_AGE, MIN_AGE, StepCallback, check_age, check_gender
+from .faces.align import AlignedFace, align_faces
+from .faces.paste import paste_back_many
+from .faces.detect import DetectedFace, FaceDetector, NoFaceError, Which, find_insightface_pack
+from .method.prompts import MAX_AGE, MIN_AGE, check_age, check_gender
+from .method.sampler import StepCallback
 
 logger = logging.getLogger(__name__)
 

@@ -15,14 +15,19 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import weights as W
-from .arcface import IResNet, arcface_hidden_state
-from .embeddings import ClipFeatures, ClipPreprocess, age_text, rotate_clip, svr_arcface
-from .passes import (EncodedImages, Img2ImgSampler, StepCallback, adani_strength, aging_prompt, check_age,
-                     check_gender, check_strength, lora_enabled, unet_evaluations)
-from .loaders import load_arcface, load_base, load_clip, load_lora, load_projector
-from .projectors import ProjectorMLP
-from .settings import Settings
+from .loading import paths as W
+from .method.arcface import IResNet, arcface_hidden_state
+from .method.clip_features import ClipFeatures, ClipPreprocess
+from .method.prompts import age_text
+from .method.identity import rotate_clip, svr_arcface
+from .method.sampler import EncodedImages, Img2ImgSampler, StepCallback
+from .method.adani import adani_strength, check_strength, unet_evaluations
+from .method.prompts import aging_prompt, check_age, check_gender
+from .method.lora import lora_enabled
+from .loading.components import load_arcface, load_base, load_clip, load_lora, load_projector
+from .method.projectors import ProjectorMLP
+from .loading.settings import Settings
+from .runtime.precision import resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +107,7 @@ class Cradle2Cane:
     @classmethod
     def from_pretrained(cls, models_dir: str | Path, *, base: str | Path | None = None,
                         cradle2cane_dir: str | Path | None = None, base_config: str | Path | None = None,
-                        device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
                         memory: str = "default") -> "Cradle2Cane":
         """Load every component from a models folder laid out as in ``weights``' docstring.
 
@@ -111,12 +116,12 @@ class Cradle2Cane:
         ``memory``: ``default`` (all on ``device``), ``offload`` or ``low-vram`` (see ``memory``);
         the offload modes never hold every component on the device at once.
         """
-        from .memory import MEMORY_MODES, set_memory_mode
+        from .runtime.offload import MEMORY_MODES, set_memory_mode
 
         if memory not in MEMORY_MODES:
             raise ValueError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        dtype = resolve_dtype(dtype, device)
         paths = W.ModelPaths.resolve(models_dir, base=base, cradle2cane_dir=cradle2cane_dir, base_config=base_config)
         settings = Settings.from_file(paths.hparams) if paths.hparams else Settings()
         if paths.hparams is None:
@@ -125,7 +130,7 @@ class Cradle2Cane:
         clip_model, tokenizer = load_clip(paths.clip, dtype)
         pipe = load_base(paths, tokenizer, dtype)
         load_lora(pipe, paths.lora)
-        arcface = load_arcface(paths.arcface, settings)
+        arcface = load_arcface(paths.arcface, settings.arcface_network)
         unet_width = int(pipe.unet.config.cross_attention_dim)
         face_projector = load_projector(paths.face_projector, arcface.hidden_dim, unet_width, "face projector")
         clip_width = int(clip_model.config.projection_dim)
@@ -142,8 +147,7 @@ class Cradle2Cane:
         if self.offload is not None:
             self.offload.remove()
             self.offload = None
-        self.pipe.to(device)
-        for module in (self.arcface, self.face_projector, self.clip.model, self.clip_projector):
+        for module in self.components().values():
             module.to(device)
         return self
 
@@ -153,20 +157,34 @@ class Cradle2Cane:
                                  low_vram: bool = False) -> "Cradle2Cane":
         """Keep the components on the CPU and move each group to ``device`` (default: CUDA when
         available) only while it runs; ``low_vram`` adds VAE slicing and tiling. See ``memory``."""
-        from .memory import enable_model_cpu_offload
+        from .runtime.offload import enable_model_cpu_offload
 
         return enable_model_cpu_offload(self, device, low_vram=low_vram)
 
     def disable_model_cpu_offload(self, device: str | torch.device | None = None) -> "Cradle2Cane":
-        from .memory import disable_model_cpu_offload
+        from .runtime.offload import disable_model_cpu_offload
 
         return disable_model_cpu_offload(self, device)
 
     def release_memory(self) -> None:
         """Return cached GPU blocks, drop the CLIP text cache and park offloaded weights on the CPU."""
-        from .memory import release_memory
+        from .runtime.offload import release_memory
 
+        self.clip.clear_cache()
         release_memory(self)
+
+    def components(self) -> dict[str, torch.nn.Module]:
+        """Every torch module by a stable name."""
+        pipe = self.pipe
+        return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder,
+                "text_encoder_2": pipe.text_encoder_2, "clip": self.clip.model, "arcface": self.arcface,
+                "face_projector": self.face_projector, "clip_projector": self.clip_projector}
+
+    def component_groups(self) -> dict[str, list[torch.nn.Module]]:
+        """The modules that run together, by group: what offloading moves as one."""
+        pipe = self.pipe
+        return {"text_encoders": [pipe.text_encoder, pipe.text_encoder_2], "unet": [pipe.unet], "vae": [pipe.vae],
+                "identity": [self.arcface, self.face_projector, self.clip.model, self.clip_projector]}
 
     @property
     def device(self) -> torch.device:

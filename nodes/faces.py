@@ -71,7 +71,7 @@ def skip_report(summary: str, skipped: list[tuple[int, str]], what: str) -> str:
 def face_detector(pack: str, det_size: int, det_thresh: float):
     """The core's insightface facade on the pack from ``models/insightface`` (ONNX on the CPU when
     ComfyUI runs there)."""
-    from ..cradle2cane.face import FaceDetector
+    from ..cradle2cane.faces.detect import FaceDetector
 
     providers = "cpu" if mm.get_torch_device().type == "cpu" else "auto"
     return FaceDetector((models.insightface_root(pack), pack), providers=providers, det_size=det_size,
@@ -85,8 +85,8 @@ def detect_and_align(images, detector: str, face: str, face_index: int, det_size
     With ``no_face="skip"`` a photo without a usable face gives no crop and is listed in the handle's
     ``skipped``; if that leaves no crop at all it is an error, since an IMAGE batch cannot be empty.
     """
-    from ..cradle2cane import align as A
-    from ..cradle2cane import face as F
+    from ..cradle2cane.faces import align as A
+    from ..cradle2cane.faces import detect as F
 
     if face not in WHICH:
         raise ValueError(f"{node}: face must be one of {WHICH}, got {face!r}")
@@ -185,7 +185,7 @@ def paste_inputs() -> list[io.Input]:
 def paste(images, faces: FacesHandle, aged, feather: float, mask_scale: float, color_match: str,
           node: str) -> list[np.ndarray]:
     """Photos with their faces replaced: photo by photo, then age by age."""
-    from ..cradle2cane import align as A
+    from ..cradle2cane.faces.paste import paste_back_many
 
     if images.shape[0] != faces.photo_count:
         raise ValueError(f"{node}: 'image' has {images.shape[0]} photos but 'faces' came from {faces.photo_count}; "
@@ -208,7 +208,7 @@ def paste(images, faces: FacesHandle, aged, feather: float, mask_scale: float, c
         for j in range(ages):
             check_cancel()
             crops = [to_numpy(aged[i * ages + j]) for i in mine]
-            out.append(A.paste_back_many(photo, crops, [faces.faces[i] for i in mine], feather=feather,
+            out.append(paste_back_many(photo, crops, [faces.faces[i] for i in mine], feather=feather,
                                          mask_scale=mask_scale, color_match=color_match))
     return out
 

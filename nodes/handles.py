@@ -14,7 +14,7 @@ import torch
 from comfy_api.latest import io
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..cradle2cane.align import AlignedFace
+    from ..cradle2cane.faces.align import AlignedFace
     from ..cradle2cane.pipeline import Cradle2Cane, FirstPassOutput
 
 C2CModel = io.Custom("C2C_MODEL")

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import torch
 
-from ..cradle2cane.passes import MAX_AGE, MIN_AGE, check_age
+from ..cradle2cane.method.prompts import MAX_AGE, MIN_AGE, check_age
 
 
 def to_core(images: torch.Tensor, node: str, input_name: str) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..cradle2cane.runtime.precision import AUTO, PRECISIONS
 from . import models
 from .handles import C2CModel
 
@@ -29,7 +30,7 @@ class LoadCradle2Cane(io.ComfyNode):
                                        ".safetensors in models/cradle2cane, models/checkpoints or models/diffusers; "
                                        "or pick a single file from models/checkpoints or a folder from "
                                        "models/diffusers."),
-                io.Combo.Input("precision", options=list(models.PRECISIONS), default="auto",
+                io.Combo.Input("precision", options=[AUTO, *PRECISIONS], default=AUTO,
                                tooltip="Weights precision: auto = fp16 on a GPU, fp32 on the CPU."),
                 io.Combo.Input("device", options=list(models.DEVICES), default="auto",
                                tooltip="auto = ComfyUI's device (the GPU unless ComfyUI runs with --cpu)."),

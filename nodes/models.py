@@ -21,7 +21,7 @@ import comfy.model_management as mm
 import folder_paths
 import torch
 
-from ..cradle2cane import weights as W
+from ..cradle2cane.loading import paths as W
 from .handles import ModelHandle
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ INSIGHTFACE_FOLDER = "insightface"
 BASE_AUTO = "auto"
 CHECKPOINTS, DIFFUSERS = "checkpoints", "diffusers"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
-PRECISIONS = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DEVICES = ("auto", "cpu")
 BETWEEN_RUNS = "offload between runs"
 MEMORY = {  # loader choice -> the core's memory mode
@@ -192,26 +191,25 @@ def _bytes_on_disk(paths: list[Path]) -> int:
 
 
 def _bytes_in_memory(model, module_names=None) -> int:
-    from ..cradle2cane.memory import components
-
-    modules = components(model)
+    modules = model.components()
     return sum(p.numel() * p.element_size() for name, m in modules.items()
                if module_names is None or name in module_names for p in m.parameters())
 
 
 def load(cradle2cane: str, base: str, precision: str, device: str, memory: str) -> ModelHandle:
     """A ``ModelHandle``, from the cache when the same files, dtype, device and memory mode were loaded."""
-    from ..cradle2cane.memory import default_dtype
+    from ..cradle2cane.runtime.precision import resolve_dtype
     from ..cradle2cane.pipeline import Cradle2Cane
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"Load Cradle2Cane: precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if memory not in MEMORY:
         raise ValueError(f"Load Cradle2Cane: memory must be one of {list(MEMORY)}, got {memory!r}")
     models_root, c2c_dir = resolve_cradle2cane(cradle2cane)
     base_path = resolve_base(base, models_root)
     target = compute_device(device)
-    dtype = PRECISIONS[precision] or default_dtype(target)
+    try:
+        dtype = resolve_dtype(precision, target)
+    except ValueError as exc:
+        raise ValueError(f"Load Cradle2Cane: precision: {exc}") from None
     core_mode = MEMORY[memory]
     key = (str(models_root), str(c2c_dir), str(base_path), str(dtype), str(target), core_mode)
     with _cache_lock:

@@ -62,7 +62,7 @@ class AgePhoto(io.ComfyNode):
                 det_size: int = 640, det_thresh: float = 0.5, strength: float = 0.0, id_strength: float = 0.0,
                 feather: float = 0.1, mask_scale: float = 0.9, color_match: str = "mean",
                 no_face: str = "error") -> io.NodeOutput:
-        from ..cradle2cane.face import NoFaceError
+        from ..cradle2cane.faces.detect import NoFaceError
         from ..cradle2cane.photo import age_photo
 
         handle = model_handle(model, AGE_PHOTO)

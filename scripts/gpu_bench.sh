@@ -11,7 +11,7 @@
 #                        (time and peak VRAM = torch.cuda.max_memory_allocated)
 #   summary.json         the headline numbers of both
 #   *.log                stderr of each step
-# No download: the weights are random, built from the configs in cradle2cane/configs/sdxl-turbo.
+# No download: the weights are random, built from the configs in cradle2cane/loading/configs/sdxl-turbo.
 # GPU_BENCH_DRY_RUN=1 checks the script on a CPU with the tiny model set (3 ages, 1 repeat).
 set -uo pipefail
 
@@ -31,7 +31,7 @@ else
     pip install -q --timeout 15 --retries 1 -e . >"$OUT/pip.log" 2>&1 \
         || { log "pip install -e . failed (offline?); using PYTHONPATH=$PWD"; export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"; }
 fi
-if ! python -c "import torch, diffusers, transformers, peft, cradle2cane.bench" 2>>"$OUT/pip.log"; then
+if ! python -c "import torch, diffusers, transformers, peft, cradle2cane.tools.bench" 2>>"$OUT/pip.log"; then
     log "missing Python packages (see $OUT/pip.log); stopping"
     exit 3
 fi
@@ -64,13 +64,13 @@ fi
 status=0
 # 3. sequential (reference-style) vs one-call sweep, 20 ages, fp16
 log "bench: sequential vs sweep ($AGES ages, $REPEATS repeats)"
-timeout 300 python -m cradle2cane.cli bench "${MODEL_ARGS[@]}" --ages "$AGES" --repeats "$REPEATS" --warmup 1 \
+timeout 300 python -m cradle2cane bench "${MODEL_ARGS[@]}" --ages "$AGES" --repeats "$REPEATS" --warmup 1 \
     --json "$OUT/bench.json" >"$OUT/bench.txt" 2>"$OUT/bench.log" || { status=$?; log "bench failed ($status), see bench.log"; }
 cat "$OUT/bench.txt" >&2
 
 # 4. one image, both passes: time and peak VRAM without and with model CPU offload / low-VRAM
 log "bench: single image, default vs offload vs low-vram"
-timeout 150 python -m cradle2cane.cli bench "${MODEL_ARGS[@]}" --variants single --ages 1 \
+timeout 150 python -m cradle2cane bench "${MODEL_ARGS[@]}" --variants single --ages 1 \
     --memory default,offload,low-vram --repeats "$REPEATS" --warmup 1 \
     --json "$OUT/single.json" >"$OUT/single.txt" 2>"$OUT/single.log" || { status=$?; log "single failed ($status), see single.log"; }
 cat "$OUT/single.txt" >&2

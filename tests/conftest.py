@@ -18,7 +18,7 @@ torch.set_num_threads(1)  # two threads on a busy 2-core machine were ~50x slowe
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Path of a tiny model set in the released layout (written once per session)."""
-    from cradle2cane.tiny import write_tiny_models
+    from cradle2cane.testing.tiny import write_tiny_models
 
     return write_tiny_models(tmp_path_factory.mktemp("tiny") / "models", seed=0)
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cradle2cane import memory as M
-from cradle2cane.bench import spread_ages
-from cradle2cane.cli import main
-from cradle2cane.passes import unet_evaluations
+from cradle2cane.runtime import diagnostics as D
+from cradle2cane.runtime import offload as M
+from cradle2cane.runtime import precision as P
+from cradle2cane.tools.bench import spread_ages
+from cradle2cane.tools.cli import main
+from cradle2cane.method.adani import unet_evaluations
 
 FACE_SEED = 5
 
@@ -135,10 +137,10 @@ def test_spread_ages():
 
 def test_full_size_model_has_the_released_sizes():
     """Built on the meta device (no memory): the parameter counts of the released components."""
-    from cradle2cane.bench import build_full_size_model
+    from cradle2cane.testing.full_size import build_full_size_model
 
     model = build_full_size_model("meta", torch.float16)
-    counts = M.parameter_counts(model)
+    counts = D.parameter_counts(model)
     lora = sum(p.numel() for n, p in model.pipe.unet.named_parameters() if "lora_" in n)
     assert counts["unet"] - lora == 2_567_463_684  # SDXL UNet
     assert counts["vae"] == 83_653_863
@@ -149,8 +151,8 @@ def test_full_size_model_has_the_released_sizes():
     assert (model.face_projector.in_dim, model.face_projector.out_dim) == (25088, 2048)
     assert (model.clip_projector.in_dim, model.clip_projector.out_dim) == (768, 2048)
     assert model.resolution == 512 and model.pipe.vae.config.force_upcast is False
-    assert set(M.component_dtypes(model).values()) == {"fp16"}
-    assert M.attention_report(model)["all_sdpa"] is True
+    assert set(D.component_dtypes(model).values()) == {"fp16"}
+    assert D.attention_report(model)["all_sdpa"] is True
 
 
 # ----------------------------------------------------------------------------- precision
@@ -171,27 +173,27 @@ def test_fp16_vae_only_with_the_fp16_fix_vae(tiny_models, tmp_path):
 
     fixed = Cradle2Cane.from_pretrained(tiny_models, device="cpu", dtype=torch.float16)
     assert fixed.pipe.vae.config.force_upcast is False
-    assert M.component_dtypes(fixed) == {name: "fp16" for name in M.components(fixed)}
+    assert D.component_dtypes(fixed) == {name: "fp16" for name in fixed.components()}
 
     plain = _without_fp16_fix_vae(tiny_models, tmp_path)
     original = Cradle2Cane.from_pretrained(plain, device="cpu", dtype=torch.float16)
-    dtypes = M.component_dtypes(original)
+    dtypes = D.component_dtypes(original)
     assert original.pipe.vae.config.force_upcast is True
     assert dtypes["vae"] == "fp32" and dtypes["unet"] == "fp16" and dtypes["text_encoder_2"] == "fp16"
 
     bf16 = Cradle2Cane.from_pretrained(plain, device="cpu", dtype=torch.bfloat16)
-    assert M.component_dtypes(bf16)["vae"] == "bf16"  # bf16 has fp32's range: no upcast needed
+    assert D.component_dtypes(bf16)["vae"] == "bf16"  # bf16 has fp32's range: no upcast needed
     result = bf16(torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(FACE_SEED)), [60], 30, "male")
     assert result.images.dtype == torch.float32 and torch.isfinite(result.images).all()
 
 
 def test_parse_dtype():
-    assert M.parse_dtype("auto") is None and M.parse_dtype(None) is None
-    assert M.parse_dtype("fp16") is torch.float16 and M.parse_dtype("bfloat16") is torch.bfloat16
-    assert M.parse_dtype(torch.float32) is torch.float32
+    assert P.parse_dtype("auto") is None and P.parse_dtype(None) is None
+    assert P.parse_dtype("fp16") is torch.float16 and P.parse_dtype("bfloat16") is torch.bfloat16
+    assert P.parse_dtype(torch.float32) is torch.float32
     with pytest.raises(ValueError, match="fp32, fp16, bf16"):
-        M.parse_dtype("fp8")
-    assert M.default_dtype("cpu") is torch.float32 and M.default_dtype("cuda") is torch.float16
+        P.parse_dtype("fp8")
+    assert P.default_dtype("cpu") is torch.float32 and P.default_dtype("cuda") is torch.float16
 
 
 # ----------------------------------------------------------------------------- attention and memory
@@ -208,14 +210,14 @@ def fresh_model(tiny_models):
 def test_attention_is_sdpa(fresh_model):
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    report = M.attention_report(fresh_model)
+    report = D.attention_report(fresh_model)
     assert report["unet"] == ["AttnProcessor2_0"] and report["vae"] == ["AttnProcessor2_0"]
     assert report["text_encoder"] == "sdpa" and report["clip"] == "sdpa" and report["all_sdpa"]
-    assert M.uses_sdpa(AttnProcessor2_0()) and not M.uses_sdpa(AttnProcessor())
-    assert M.ensure_sdpa(fresh_model) is False  # already SDPA: nothing to change
+    assert D.uses_sdpa(AttnProcessor2_0()) and not D.uses_sdpa(AttnProcessor())
+    assert D.ensure_sdpa(fresh_model) is False  # already SDPA: nothing to change
     fresh_model.pipe.unet.set_attn_processor(AttnProcessor())
-    assert M.attention_report(fresh_model)["all_sdpa"] is False
-    assert M.ensure_sdpa(fresh_model) is True and M.attention_report(fresh_model)["all_sdpa"] is True
+    assert D.attention_report(fresh_model)["all_sdpa"] is False
+    assert D.ensure_sdpa(fresh_model) is True and D.attention_report(fresh_model)["all_sdpa"] is True
 
 
 def test_offload_on_the_cpu_is_accepted_and_harmless(fresh_model):
@@ -249,7 +251,7 @@ def test_offload_on_the_cpu_is_accepted_and_harmless(fresh_model):
 
 def test_offload_keeps_the_lora_switching_correct(fresh_model):
     """Moving the UNet between devices must not lose the LoRA or its on/off state."""
-    from cradle2cane.passes import lora_is_enabled
+    from cradle2cane.method.lora import lora_is_enabled
 
     fresh_model.enable_model_cpu_offload("cpu")
     assert lora_is_enabled(fresh_model.pipe.unet)
@@ -296,13 +298,7 @@ def test_model_offload_moves_inputs_and_outputs():
 
 def test_peak_memory_helpers():
     device = torch.device("cpu")
-    M.reset_peak_memory(device)
-    peak, kind = M.peak_memory_mib(device)
+    D.reset_peak_memory(device)
+    peak, kind = D.peak_memory_mib(device)
     assert peak > 0 and kind.startswith("process_peak_rss")
-    assert M.process_peak_rss_mib() > 0
-
-
-def test_cli_offers_the_cores_memory_modes():
-    from cradle2cane import cli, memory
-
-    assert cli.MEMORY_MODES == memory.MEMORY_MODES
+    assert D.process_peak_rss_mib() > 0

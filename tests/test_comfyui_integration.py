@@ -111,7 +111,7 @@ class Server:
 
 def _lay_out_models(base: Path) -> None:
     """The tiny model set where a ComfyUI user keeps the real files."""
-    from cradle2cane.tiny import write_tiny_models
+    from cradle2cane.testing.tiny import write_tiny_models
 
     models = base / "models"
     c2c = write_tiny_models(models / "cradle2cane", seed=0)

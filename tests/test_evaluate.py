@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cradle2cane.cli import main
-from cradle2cane.evaluate import collect_faces, harmonic, labels_from_name
+from cradle2cane.tools.cli import main
+from cradle2cane.tools.evaluate import collect_faces, harmonic, labels_from_name
 
 NAMES = ["23_male.png", "41.0_female_00012.png", "60_male_x.jpg"]
 

@@ -1,7 +1,7 @@
 """Faces in the wild: the planted insightface pack, detection, FFHQ alignment, paste-back, loading.
 
 Every test runs insightface's own router and SCRFD post-processing on the tiny planted pack
-(``cradle2cane.tiny_faces``): a face is a blob of skin colour, drawn with ``paint_face``.
+(``cradle2cane.testing.planted_faces``): a face is a blob of skin colour, drawn with ``paint_face``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from cradle2cane import align as A
-from cradle2cane import face as F
-from cradle2cane import images as I
-from cradle2cane import tiny_faces as T
+from cradle2cane.faces import align as A
+from cradle2cane.faces import paste as P
+from cradle2cane.faces import detect as F
+from cradle2cane.files import images as I
+from cradle2cane.testing import planted_faces as T
 
 BACKGROUND = (40, 60, 90)  # bluish grey: never skin
 
@@ -152,7 +153,7 @@ def test_round_trip_is_lossless_outside_mask_and_close_inside(detector):
     image = photo(640, 480, ((300, 250), 160), blur=6.0)
     faces = detector.find(image)
     aligned = A.align_face(image, faces[0], size=512)
-    out = A.paste_back(image, aligned.image, aligned)
+    out = P.paste_back(image, aligned.image, aligned)
     assert out.dtype == np.uint8 and out.shape == image.shape
 
     coords = _aligned_coordinates(aligned, image.shape)
@@ -165,7 +166,7 @@ def test_round_trip_is_lossless_outside_mask_and_close_inside(detector):
 
     # an edited face does change the face, and only there
     aged = 1.0 - aligned.image
-    changed = A.paste_back(image, aged, aligned, color_match="none")
+    changed = P.paste_back(image, aged, aligned, color_match="none")
     assert np.array_equal(changed[outside], image[outside])
     assert np.abs(changed.astype(int) - image.astype(int))[core].mean() > 50
 
@@ -181,21 +182,21 @@ def test_paste_back_float_rgba_resolution_and_colour_match(detector):
     rgba = np.dstack([image, np.arange(300 * 400).reshape(300, 400) % 256]).astype(np.uint8)
     small = cv2.resize(aligned.image, (128, 128), interpolation=cv2.INTER_AREA)  # another resolution
     tinted = np.clip(small + np.array([0.0, 0.0, 0.2], np.float32), 0, 1)
-    out = A.paste_back(rgba, tinted, aligned)
+    out = P.paste_back(rgba, tinted, aligned)
     assert out.shape == rgba.shape and np.array_equal(out[:, :, 3], rgba[:, :, 3])
     assert np.array_equal(out[outside], rgba[outside])
     # the default colour match removes a global tint measured at the seam
-    untouched = A.paste_back(rgba, tinted, aligned, color_match="none")
+    untouched = P.paste_back(rgba, tinted, aligned, color_match="none")
     core = radius < 0.5 * 128
     blue_shift = lambda x: (x[:, :, 2].astype(float) - image[:, :, 2])[core].mean()  # noqa: E731
     assert blue_shift(untouched) > 45 and abs(blue_shift(out)) < 5
 
     floats = image.astype(np.float32) / 255.0
-    out = A.paste_back(floats, aligned.image, aligned, mask_scale=0.8, feather=0.05, color_match="mean_std")
+    out = P.paste_back(floats, aligned.image, aligned, mask_scale=0.8, feather=0.05, color_match="mean_std")
     assert out.dtype == np.float32 and out.max() <= 1.0
     assert np.array_equal(out[outside], floats[outside])
     with pytest.raises(ValueError, match="aligned from a 400x300 photo"):
-        A.paste_back(image[:100], aligned.image, aligned)
+        P.paste_back(image[:100], aligned.image, aligned)
 
 
 def test_multi_face_order_selection_and_paste(detector):
@@ -216,7 +217,7 @@ def test_multi_face_order_selection_and_paste(detector):
     chosen = detector.find(image, "all")
     aligned = A.align_faces(image, chosen, size=256)
     assert [a.face_index for a in aligned] == [0, 1, 2]
-    out = A.paste_back_many(image, [1.0 - a.image for a in aligned], aligned, color_match="none")
+    out = P.paste_back_many(image, [1.0 - a.image for a in aligned], aligned, color_match="none")
     for face in chosen:  # every face centre changed
         x, y = np.round(centre(face)).astype(int)
         assert np.abs(out[y, x].astype(int) - image[y, x].astype(int)).max() > 60
@@ -233,7 +234,7 @@ def test_real_photo_end_to_end(detector):
     assert 180 < cx < 260 and 80 < cy < 170  # the astronaut's face
     aligned = A.align_face(image, faces[0], size=512)
     older = np.clip(aligned.image * 0.8 + 0.1, 0, 1)
-    out = A.paste_back(image, older, aligned)
+    out = P.paste_back(image, older, aligned)
     assert out.shape == image.shape and out.dtype == np.uint8
     assert not np.array_equal(out, image)
     assert np.array_equal(out[400:], image[400:])
@@ -297,7 +298,7 @@ def test_tiny_face_is_refused(detector):
 
 def test_huge_photo_is_detected_on_a_downscaled_copy(detector, caplog):
     image = photo(4000, 3000, ((1500, 1200), 600))
-    with caplog.at_level(logging.DEBUG, logger="cradle2cane.face"):
+    with caplog.at_level(logging.DEBUG, logger="cradle2cane.faces.detect"):
         faces = detector.find(image)
     assert any("downscaled 1280x960 copy" in r.getMessage() for r in caplog.records)
     expected = T.expected_face((1500, 1200), 600)
@@ -309,7 +310,7 @@ def test_huge_photo_is_detected_on_a_downscaled_copy(detector, caplog):
 
 def test_close_up_missed_at_det_size_is_found_smaller(detector, caplog):
     image = photo(640, 640, ((320, 320), 560))
-    with caplog.at_level(logging.INFO, logger="cradle2cane.face"):
+    with caplog.at_level(logging.INFO, logger="cradle2cane.faces.detect"):
         faces = detector.find(image)
     assert any("after none at 640" in r.getMessage() for r in caplog.records)
     np.testing.assert_allclose(centre(faces[0]), T.expected_face((320, 320), 560)["bbox"].reshape(2, 2).mean(0), atol=4)
@@ -429,7 +430,7 @@ def test_providers_and_cache(insightface_root):
 
 def test_importing_the_core_stays_light():
     code = (
-        "import sys; import cradle2cane.face, cradle2cane.tiny_faces; "
+        "import sys; import cradle2cane.faces.detect, cradle2cane.faces.align, cradle2cane.faces.paste, cradle2cane.testing.planted_faces; "
         "heavy = {'insightface', 'onnxruntime', 'cv2', 'onnx', 'torch'} & set(sys.modules); "
         "assert not heavy, heavy"
     )

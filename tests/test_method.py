@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from cradle2cane import adani_strength, rotate_clip, slerp, svr_arcface
-from cradle2cane.arcface import IResNet, arcface_hidden_state, iresnet_from_state_dict, network_name
-from cradle2cane.passes import aging_prompt, check_age, check_gender, check_strength, unet_evaluations
-from cradle2cane.projectors import ProjectorMLP, expected_shapes, geo_widths
+from cradle2cane.method.arcface import IResNet, arcface_hidden_state, iresnet_from_state_dict, network_name
+from cradle2cane.method.prompts import aging_prompt, check_age, check_gender
+from cradle2cane.method.adani import check_strength, unet_evaluations
+from cradle2cane.method.projectors import ProjectorMLP, expected_shapes, geo_widths
 
 
 @pytest.mark.parametrize("gap, expected", [(0, 0.25), (10, 0.25), (-10, 0.25), (10.5, 0.5), (30, 0.5),

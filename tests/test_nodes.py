@@ -104,7 +104,7 @@ def photo():
 
 
 def _painted(centres, size=90, shape=(240, 400)):
-    from cradle2cane.tiny_faces import paint_face
+    from cradle2cane.testing.planted_faces import paint_face
 
     image = np.full((*shape, 3), (40, 60, 90), np.uint8)
     for c in centres:
@@ -381,7 +381,7 @@ def test_nodes_load_without_insightface_and_face_nodes_say_what_to_install(comfy
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
     classes = asyncio.run(comfy.extension.get_node_list())
     assert len(classes) == len(NODE_NAMES)
-    face_module = sys.modules[f"{PACK}.cradle2cane.face"]
+    face_module = sys.modules[f"{PACK}.cradle2cane.faces.detect"]
     face_module.clear_detector_cache()
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         run(comfy, "C2C_FaceAlign", image=photo, detector="buffalo_l", face="largest", face_index=0,
@@ -595,7 +595,7 @@ def test_progress_bar_follows_the_unet_steps(comfy, model, aligned, monkeypatch)
 
 @pytest.mark.parametrize("node_id", ["C2C_AdaNIFirstPass", "C2C_LifespanSweep", "C2C_AgePhoto"])
 def test_cancel_stops_within_a_step_and_restores_the_lora(comfy, model, aligned, photo, node_id, monkeypatch):
-    from cradle2cane.passes import lora_is_enabled
+    from cradle2cane.method.lora import lora_is_enabled
 
     crops, faces = aligned
     calls = {
@@ -681,7 +681,7 @@ def test_workflows_cover_the_use_cases():
 def test_example_image_is_small_and_shows_a_face(tiny_models):
     from PIL import Image
 
-    from cradle2cane.face import FaceDetector, find_insightface_pack
+    from cradle2cane.faces.detect import FaceDetector, find_insightface_pack
 
     path = ROOT / "assets" / "astronaut.jpg"
     assert path.stat().st_size < 150_000

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cradle2cane.cli import main
-from cradle2cane.align import face_mask
-from cradle2cane.face import FaceDetector, NoFaceError, find_insightface_pack
+from cradle2cane.tools.cli import main
+from cradle2cane.faces.paste import face_mask
+from cradle2cane.faces.detect import FaceDetector, NoFaceError, find_insightface_pack
 from cradle2cane.photo import age_photo
-from cradle2cane.tiny_faces import FEMALE_FACE_RGB, paint_face
+from cradle2cane.testing.planted_faces import FEMALE_FACE_RGB, paint_face
 
 BACKGROUND = (40, 60, 90)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cradle2cane import Cradle2Cane, ModelFileError, lora_enabled
-from cradle2cane.passes import lora_is_enabled
+from cradle2cane.method.lora import lora_is_enabled
 
 
 def _lora_layers(unet):
@@ -188,7 +188,7 @@ def test_no_base_found_lists_what_was_expected(tiny_models, tmp_path):
 
 
 def test_projector_with_wrong_shapes_is_refused(tiny_models, tmp_path):
-    from cradle2cane.projectors import ProjectorMLP
+    from cradle2cane.method.projectors import ProjectorMLP
 
     broken = tmp_path / "models"
     shutil.copytree(tiny_models, broken)

@@ -13,7 +13,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from cradle2cane.passes import unet_evaluations
+from cradle2cane.method.adani import unet_evaluations
 
 AGES = [1, 5, 9, 13, 18, 22, 26, 30, 34, 38, 43, 47, 51, 55, 59, 63, 68, 72, 76, 80]
 SOURCE_AGE, GENDER, SEED = 30, "female", 11

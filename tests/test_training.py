@@ -126,7 +126,7 @@ def test_trainable_parameters_changed(trained):
 
 def test_output_loads_in_core_and_ages_a_face(trained, tiny_models, caplog):
     from cradle2cane import Cradle2Cane
-    from cradle2cane.settings import Settings
+    from cradle2cane.loading.settings import Settings
 
     with caplog.at_level(logging.WARNING):
         settings = Settings.from_file(trained / "hparams.yml")
@@ -193,7 +193,7 @@ def test_unknown_config_key_and_bad_values(tmp_path, capsys):
 def test_defaults_are_the_released_values_and_known_to_the_core():
     import dataclasses
 
-    from cradle2cane.settings import KNOWN_TRAINING_KEYS, Settings
+    from cradle2cane.loading.settings import KNOWN_TRAINING_KEYS, Settings
 
     d = default_values()
     own = {f.name for f in dataclasses.fields(Settings)}

@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         for name in ("diffusers", "transformers", "accelerate", "PIL"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    from cradle2cane.cli import run_command
+    from cradle2cane.tools.cli import run_command
 
     return run_command(args, "training")
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from cradle2cane.settings import read_yaml_mapping
+from cradle2cane.loading.settings import read_yaml_mapping
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,13 +23,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from cradle2cane.files.images import IMAGE_EXTENSIONS
+from cradle2cane.files.labels import check_label, read_label_file
+
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-MIN_AGE, MAX_AGE = 0, 100
-FILE_COLUMNS = ("image", "file", "filename", "path", "name")
-AGE_COLUMNS = ("age",)
-GENDER_COLUMNS = ("gender", "sex")
 
 
 class DatasetError(ValueError):
@@ -67,39 +64,7 @@ def skipped_path(manifest: Path) -> Path:
     return manifest.with_name(manifest.stem + ".skipped.csv")
 
 
-# ----------------------------------------------------------------------------- labels
-
-
-def check_label(age: Any, gender: Any) -> tuple[int, str]:
-    """(age, gender) as the training code uses them, or ValueError with the reason."""
-    from cradle2cane.passes import check_gender
-
-    if age is None or (isinstance(age, str) and not age.strip()):
-        raise ValueError("no age")
-    if gender is None or (isinstance(gender, str) and not gender.strip()):
-        raise ValueError("no gender")
-    try:
-        value = float(age)
-    except (TypeError, ValueError):
-        raise ValueError(f"age {age!r} is not a number") from None
-    if math.isnan(value) or not MIN_AGE <= value <= MAX_AGE:
-        raise ValueError(f"age {age} outside {MIN_AGE}..{MAX_AGE}")
-    try:
-        gender = check_gender(gender)
-    except ValueError:
-        raise ValueError(f"gender {gender!r} is not male/female") from None
-    return int(round(value)), gender
-
-
-def labels_from_name(path: str | Path) -> tuple[int, str] | None:
-    """``23_male.png``, ``23.0_female_01234.png`` -> (23, gender); None when the name is not like that."""
-    parts = Path(path).stem.split("_")
-    if len(parts) < 2:
-        return None
-    try:
-        return check_label(parts[0], parts[1])
-    except ValueError:
-        return None
+# ----------------------------------------------------------------------------- samples
 
 
 def _sample(image: Path, age: Any, gender: Any, check_images: bool, where: str) -> tuple[Sample | None, str | None]:
@@ -225,61 +190,6 @@ def prepare_ffhq(images_dir: str | Path, features_dir: str | Path, manifest: str
     return _finish(samples, skipped, Path(manifest), f"FFHQ in {images_dir}")
 
 
-def _column(header: Sequence[str], names: Sequence[str]) -> str | None:
-    lowered = {h.strip().lower(): h for h in header}
-    for name in names:
-        if name in lowered:
-            return lowered[name]
-    return None
-
-
-def read_label_file(path: str | Path) -> list[tuple[int, str, Any, Any]]:
-    """Rows (row number, file, age, gender) from a CSV with a header or a JSON file (a list of
-    objects, or a mapping file -> {age, gender}). A file without age or gender is an error."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DatasetError(f"label file {path} does not exist")
-    rows: list[tuple[int, str, Any, Any]] = []
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"{path}: cannot read the JSON ({exc})") from exc
-        if isinstance(data, Mapping):
-            data = [{"image": k, **(v if isinstance(v, Mapping) else {})} for k, v in data.items()]
-        if not isinstance(data, list) or not all(isinstance(d, Mapping) for d in data):
-            raise DatasetError(f"{path}: expected a list of {{image, age, gender}} objects or a mapping "
-                               f"image -> {{age, gender}}")
-        keys = {k.lower() for d in data for k in d}
-        header = sorted(keys)
-        records = [{k.lower(): v for k, v in d.items()} for d in data]
-        start = 0
-    else:
-        try:
-            with path.open(newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                header = reader.fieldnames or []
-                records = [{(k or "").strip().lower(): v for k, v in r.items()} for r in reader]
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise DatasetError(f"{path}: cannot read the CSV ({exc})") from exc
-        header = [h.strip().lower() for h in header]
-        start = 1
-    file_col = _column(header, FILE_COLUMNS)
-    age_col = _column(header, AGE_COLUMNS)
-    gender_col = _column(header, GENDER_COLUMNS)
-    missing = [what for what, col in (("image/file", file_col), ("age", age_col), ("gender", gender_col))
-               if col is None]
-    if missing:
-        raise DatasetError(f"{path}: has no {', '.join(missing)} column (columns found: {', '.join(header) or 'none'}); "
-                           f"expected image,age,gender")
-    for i, record in enumerate(records):
-        rows.append((i + start + 1, str(record.get(file_col) or "").strip(), record.get(age_col),
-                     record.get(gender_col)))
-    if not rows:
-        raise DatasetError(f"{path}: no label rows")
-    return rows
-
-
 def prepare_folder(images_dir: str | Path, labels: str | Path, manifest: str | Path,
                    check_images: bool = True) -> PrepareReport:
     """Any folder of aligned faces plus a CSV/JSON with the age and gender of each image.
@@ -293,7 +203,7 @@ def prepare_folder(images_dir: str | Path, labels: str | Path, manifest: str | P
     for p in images:
         by_name.setdefault(p.name, []).append(p)
     samples, skipped, matched = [], [], set()
-    for row, name, age, gender in read_label_file(labels):
+    for row, name, age, gender in read_label_file(labels, DatasetError):
         where = f"{Path(labels).name} row {row}"
         if not name:
             skipped.append((where, "no image name"))
@@ -340,7 +250,7 @@ def read_manifest(path: str | Path, limit: int | None = None) -> list[Sample]:
     base = path.parent
     samples: list[Sample] = []
     if path.suffix.lower() == ".csv":
-        entries = [(row, name, age, gender) for row, name, age, gender in read_label_file(path)]
+        entries = [(row, name, age, gender) for row, name, age, gender in read_label_file(path, DatasetError)]
     else:
         entries = []
         try:

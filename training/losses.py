@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cradle2cane.arcface import IResNet, arcface_embedding
+from cradle2cane.method.arcface import IResNet, arcface_embedding
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 

@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from cradle2cane import weights as W
-from cradle2cane.arcface import IResNet, network_name
-from cradle2cane.embeddings import ClipFeatures, ClipPreprocess
-from cradle2cane.loaders import LORA_ADAPTER, load_arcface, load_base, load_clip
-from cradle2cane.projectors import ProjectorMLP
-from cradle2cane.settings import Settings
+from cradle2cane.loading import paths as W
+from cradle2cane.method.arcface import IResNet, network_name
+from cradle2cane.method.clip_features import ClipFeatures, ClipPreprocess
+from cradle2cane.loading.components import LORA_ADAPTER, load_arcface, load_base, load_clip
+from cradle2cane.method.projectors import ProjectorMLP
+from cradle2cane.loading.settings import Settings
+from cradle2cane.loading.state_dicts import load_pickle_state_dict
 
 from .config import Config, ConfigError, dump
 
@@ -95,10 +96,6 @@ def lora_config(cfg: Config):
                       target_modules=list(cfg.lora_target_modules))
 
 
-def _no_hparams_depth_warning(record: logging.LogRecord) -> bool:
-    return "hparams.yml says" not in record.getMessage()
-
-
 def load_parts(cfg: Config, weight_dtype: torch.dtype, device: torch.device) -> TrainParts:
     """Frozen base, CLIP and ArcFace (core loaders), a fresh LoRA and fresh projectors (float32)."""
     paths = resolve_paths(cfg)
@@ -106,12 +103,7 @@ def load_parts(cfg: Config, weight_dtype: torch.dtype, device: torch.device) -> 
     pipe = load_base(paths, tokenizer, weight_dtype)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         module.requires_grad_(False)
-    core_log = logging.getLogger("cradle2cane.pipeline")
-    core_log.addFilter(_no_hparams_depth_warning)  # there is no hparams.yml yet: its depth is the file's
-    try:
-        arcface = load_arcface(paths.arcface, Settings())
-    finally:
-        core_log.removeFilter(_no_hparams_depth_warning)
+    arcface = load_arcface(paths.arcface)  # no hparams.yml yet: the file's depth is the truth
     unet_width = int(pipe.unet.config.cross_attention_dim)
     clip_width = int(clip_model.config.projection_dim)
     settings = build_settings(cfg, arcface, unet_width, clip_width)
@@ -203,7 +195,7 @@ def load_released(folder: str | Path, unet: torch.nn.Module, face_projector: tor
         raise ValueError(f"{folder / W.LORA_FILE}: keys that this run's LoRA does not have "
                          f"({unexpected[:3]} ...); was it trained with another rank or lora_target_modules?")
     for module, name in ((face_projector, FACE_PROJECTOR_FILE), (clip_projector, CLIP_PROJECTOR_FILE)):
-        projector_state = W.load_pickle_state_dict(folder / name, f"checkpoint {folder}")
+        projector_state = load_pickle_state_dict(folder / name, f"checkpoint {folder}")
         try:
             module.load_state_dict(projector_state, strict=True)
         except RuntimeError as exc:

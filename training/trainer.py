@@ -23,7 +23,10 @@ from typing import Any
 
 import torch
 
-from cradle2cane.passes import Img2ImgSampler, adani_strength, aging_prompt, lora_enabled
+from cradle2cane.method.sampler import Img2ImgSampler
+from cradle2cane.method.adani import adani_strength
+from cradle2cane.method.prompts import aging_prompt
+from cradle2cane.method.lora import lora_enabled
 from cradle2cane.pipeline import Cradle2Cane, FirstPassOutput
 
 from . import losses as L

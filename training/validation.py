@@ -10,7 +10,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DatasetError, Sample, labels_from_name, load_face
+from cradle2cane.files.labels import labels_from_name
+
+from .data import DatasetError, Sample, load_face
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,10 @@ def build_validation_set(images: Sequence[str] | None, count: int, samples: Sequ
                 raise DatasetError(f"validation image {path} does not exist")
             sample = by_path.get(path.resolve())
             if sample is None:
-                labels = labels_from_name(path)
+                try:
+                    labels = labels_from_name(path)
+                except ValueError as exc:
+                    raise DatasetError(f"validation image {path}: {exc}") from None
                 if labels is None:
                     raise DatasetError(f"validation image {path}: no age/gender (it is not in the manifest and its "
                                        f"name is not like 23_male.png)")
@@ -67,7 +72,7 @@ def _caption(tile: np.ndarray, text: str) -> np.ndarray:
 
 def render_grid(model, data: ValidationSet, seed: int = 0, batch_size: int = 8) -> np.ndarray:
     """Rows: faces; columns: the input, then each target age. HxWx3 uint8."""
-    from cradle2cane.images import to_uint8
+    from cradle2cane.files.images import to_uint8
 
     with torch.no_grad():
         result = model(data.faces, data.target_ages, data.source_ages, data.genders, seed=seed, batch_size=batch_size)
@@ -81,7 +86,7 @@ def render_grid(model, data: ValidationSet, seed: int = 0, batch_size: int = 8) 
 
 
 def save_grid(model, data: ValidationSet, path: Path, seed: int = 0) -> tuple[Path, np.ndarray]:
-    from cradle2cane.images import save_image_atomic
+    from cradle2cane.files.images import save_image_atomic
 
     grid = render_grid(model, data, seed=seed)
     save_image_atomic(grid, path)

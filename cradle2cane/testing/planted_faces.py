@@ -170,7 +170,7 @@ class _GraphBuilder:
         model = onnx.helper.make_model(
             graph,
             opset_imports=[onnx.helper.make_opsetid("", _OPSET)],
-            producer_name="cradle2cane.tiny_faces",
+            producer_name="cradle2cane.testing.planted_faces",
         )
         model.ir_version = _IR_VERSION
         onnx.checker.check_model(model)

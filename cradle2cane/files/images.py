@@ -17,6 +17,10 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+"""Extensions taken as images when a folder is scanned."""
+
+
 class ImageFileError(ValueError):
     """An image file cannot be read or written."""
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from . import weights as W
-from .arcface import IResNet, iresnet_from_state_dict, network_name
-from .projectors import ProjectorMLP, expected_shapes, projector_from_state_dict
-from .settings import Settings
+from . import paths as W
+from .state_dicts import check_shapes, load_pickle_state_dict, load_state_dict_file
+from ..method.arcface import IResNet, iresnet_from_state_dict, network_name
+from ..method.projectors import ProjectorMLP, expected_shapes, projector_from_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _second_tokenizer(tokenizer):
 
 
 def load_lora(pipe, path: Path) -> None:
-    from .passes import _tuner_layers
+    from ..method.lora import _tuner_layers
 
     try:
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER)
@@ -93,22 +93,24 @@ def load_lora(pipe, path: Path) -> None:
                          W.source_of(W.C2C_DIR))
 
 
-def load_arcface(path: Path, settings: Settings) -> IResNet:
-    state = W.load_pickle_state_dict(path, W.source_of(W.C2C_DIR))
+def load_arcface(path: Path, expected_network: str | None = None) -> IResNet:
+    """The ArcFace iResNet in ``path``; its depth comes from the file. ``expected_network`` (the
+    ``arcface_network`` of hparams.yml, e.g. ``r100``) only adds a warning when the file differs."""
+    state = load_pickle_state_dict(path, W.source_of(W.C2C_DIR))
     try:
         net = iresnet_from_state_dict(state)
     except (KeyError, RuntimeError) as exc:
         raise W.mismatch(path, f"is not an arcface_torch iResNet state dict ({exc})", W.source_of(W.C2C_DIR)) from exc
     name = network_name(net)
-    if name != settings.arcface_network:
+    if expected_network is not None and name != expected_network:
         logger.warning("%s is an iResNet %s, hparams.yml says %s; using the file's depth", path,
-                       name or f"with stages {net.layers_per_stage}", settings.arcface_network)
+                       name or f"with stages {net.layers_per_stage}", expected_network)
     return net.eval().requires_grad_(False)
 
 
 def load_projector(path: Path, in_dim: int, out_dim: int, what: str) -> ProjectorMLP:
     source = W.source_of(W.C2C_DIR)
-    state = W.load_state_dict_file(path, source)
-    W.check_shapes(path, state, expected_shapes(in_dim, out_dim), source,
+    state = load_state_dict_file(path, source)
+    check_shapes(path, state, expected_shapes(in_dim, out_dim), source,
                    f"a {what} {in_dim} -> {out_dim} (METHOD.md section 3)")
     return projector_from_state_dict(state).requires_grad_(False)

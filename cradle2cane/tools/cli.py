@@ -1,4 +1,4 @@
-"""``cradle2cane`` command line: ``tiny``, ``age`` and the commands other modules register.
+"""``cradle2cane`` command line: ``tiny``, ``age``, and ``bench`` / ``evaluate`` from their modules.
 
 Every failure on bad input ends with a non-zero exit and one readable line on stderr (the full
 traceback only with ``--debug``); outputs are written to temporary names and renamed at the end.
@@ -7,57 +7,19 @@ traceback only with ``--debug``); outputs are written to temporary names and ren
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
+
+from . import bench, evaluate
+from .arguments import UsageError, add_model_arguments, load_model, progress_bar, quiet_libraries, run_command
 
 logger = logging.getLogger("cradle2cane")
 
-# Modules that add a sub-command through ``register(subparsers)``; each sets ``func`` on its parser.
-PLUGIN_COMMANDS = ("cradle2cane.bench", "cradle2cane.evaluate")
-
-
-class UsageError(ValueError):
-    """Bad command-line input."""
-
-
-def _dtype(name: str):
-    import torch
-
-    return {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
-MEMORY_MODES = ("default", "offload", "low-vram")  # cradle2cane.memory.MEMORY_MODES, without importing torch
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, models_help: str | None = None,
-                        memory: bool = True) -> None:
-    """The options every command that loads the models shares. ``models_help`` makes --models
-    optional with that help text; ``memory`` adds --memory (one mode for the loaded model)."""
-    parser.add_argument("--models", required=models_help is None, type=Path, default=None,
-                        help=models_help or "models folder (see the README's model table)")
-    if memory:
-        parser.add_argument("--memory", dest="memory_mode", default="default", choices=MEMORY_MODES,
-                            help="default: all on the device; offload: model CPU offload; "
-                                 "low-vram: offload plus VAE slicing/tiling")
-    parser.add_argument("--base", type=Path, default=None,
-                        help="SDXL-Turbo diffusers folder or single .safetensors file (default: found in --models)")
-    parser.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="weights precision (default: fp16 on CUDA, fp32 on CPU)")
-
-
-def load_model(args: argparse.Namespace):
-    from .pipeline import Cradle2Cane
-
-    return Cradle2Cane.from_pretrained(args.models, base=args.base, device=args.device, dtype=_dtype(args.dtype),
-                                       memory=getattr(args, "memory_mode", "default"))
-
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
-    from .tiny import write_tiny_models
+    from ..testing.tiny import write_tiny_models
 
     out = write_tiny_models(args.dir, seed=args.seed, overwrite=args.overwrite)
     print(out)
@@ -88,8 +50,8 @@ def _output_paths(out: Path, image: Path, target_ages: Sequence[int]) -> list[Pa
 
 
 def _cmd_age(args: argparse.Namespace) -> int:
-    from .images import save_image_atomic, to_tensor, to_uint8
-    from .passes import check_age, check_gender
+    from ..files.images import save_image_atomic, to_tensor, to_uint8
+    from ..method.prompts import check_age, check_gender
 
     targets = [check_age(a, "--target-age") for a in args.target_age]
     if args.source_age is not None:
@@ -99,17 +61,17 @@ def _cmd_age(args: argparse.Namespace) -> int:
     if args.aligned and (args.source_age is None or args.gender is None):
         raise UsageError("--aligned needs --source-age and --gender (there is no detection to estimate them)")
     outputs = _output_paths(args.out, args.image, targets)
-    from .images import load_image
+    from ..files.images import load_image
 
     photo, alpha = load_image(args.image)
     model = load_model(args)
-    progress = _progress_bar(args)
+    progress = progress_bar(args)
     if args.aligned:
         result = model(to_tensor(photo), targets, args.source_age, args.gender, seed=args.seed,
                        strength=args.strength, id_strength=args.id_strength, callback=progress)
         images = [to_uint8(img) for img in result.images]
     else:
-        from .photo import age_photo
+        from ..photo import age_photo
 
         result = age_photo(model, photo, targets, models_dir=args.models, source_age=args.source_age,
                            gender=args.gender, face=args.face, seed=args.seed, strength=args.strength,
@@ -127,24 +89,6 @@ def _cmd_age(args: argparse.Namespace) -> int:
         save_image_atomic(image, path)
         print(path)
     return 0
-
-
-def _progress_bar(args: argparse.Namespace) -> Callable[[int, int], None] | None:
-    if args.quiet:
-        return None
-    from tqdm import tqdm
-
-    bar = None
-
-    def update(step: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False)
-        bar.update(step - bar.n)
-        if step >= total:
-            bar.close()
-
-    return update
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,14 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     age.add_argument("--quiet", action="store_true", help="no progress bar")
     age.set_defaults(func=_cmd_age)
 
-    for name in PLUGIN_COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+    bench.register(sub)
+    evaluate.register(sub)
     return parser
 
 
@@ -195,39 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.debug:
-        _quiet_libraries()
+        quiet_libraries()
     return run_command(args, "cradle2cane")
-
-
-def run_command(args: argparse.Namespace, program: str) -> int:
-    """Run the chosen sub-command: exit 130 on Ctrl-C, and on any error one readable line on
-    stderr and exit 1 (the traceback only with ``--debug``)."""
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print(f"{program}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"{program} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-
-
-def _quiet_libraries() -> None:
-    import os
-    import warnings
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore")
-    # The CLI owns its process, so it may silence the libraries' loading bars for good.
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    diffusers_logging.disable_progress_bar()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import weights as W
+from ..loading import paths as W
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +162,10 @@ def write_tiny_models(out_dir: str | Path, seed: int = 0, overwrite: bool = Fals
     from diffusers import StableDiffusionXLImg2ImgPipeline
     from transformers import CLIPTokenizer
 
-    from .arcface import IResNet
-    from .projectors import ProjectorMLP
-    from .single_file import save_sdxl_single_file
-    from .tiny_faces import write_insightface_pack
+    from ..method.arcface import IResNet
+    from ..method.projectors import ProjectorMLP
+    from .sdxl_writer import save_sdxl_single_file
+    from .planted_faces import write_insightface_pack
 
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
-from .images import to_rgb_uint8
+from ..files.images import to_rgb_uint8
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Each face is aged to every target age with the core pipeline. For every output:
 * **age error**: |estimated age - target age|, the estimate from a selectable estimator:
   ``genderage`` (default: insightface's genderage model from the models folder's insightface pack,
   run on the box a detector reports for an FFHQ-aligned crop), ``detector`` (detect the face in the
-  output first, via ``cradle2cane.face``) or ``none``;
+  output first, via ``cradle2cane.faces.detect``) or ``none``;
 * **identity**: cosine similarity of the core ArcFace's identity features of input and output;
 * **harmonic score**: the harmonic mean of the age score ``max(0, 1 - error / tolerance)`` and the
   identity ``max(0, cosine)`` - high only when the age is right *and* the person is kept. This is
@@ -18,24 +18,27 @@ Source ages and genders come from a CSV (``image,age,gender``) or from file name
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import math
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
+
+from ..faces.detect import find_insightface_pack
+from ..files.images import IMAGE_EXTENSIONS
+from ..files.labels import check_label, labels_from_name, read_label_file
+from .arguments import add_model_arguments, load_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 ESTIMATORS = ("genderage", "detector", "none")
-PACK_NAMES = ("buffalo_l", "antelopev2")
 # Where a face detector's box lies on an FFHQ-aligned crop (fractions of the side): the genderage
 # model crops 1.5x this box around its centre, i.e. almost the whole aligned image.
 ALIGNED_FACE_BOX = (0.25, 0.22, 0.75, 0.87)
@@ -93,61 +96,17 @@ class EvaluationReport:
 # ----------------------------------------------------------------------------- inputs
 
 
-def labels_from_name(path: str | Path) -> tuple[int, str] | None:
-    """``23_male.png``, ``23.0_female_01234.png`` -> (23, gender); None when the name is not like
-    that; an error when it is but the age is outside 0..100."""
-    from .passes import check_gender
-
-    parts = Path(path).stem.split("_")
-    if len(parts) < 2:
-        return None
-    try:
-        age = float(parts[0])
-        check_gender(parts[1])
-    except ValueError:
-        return None
-    return _check_label(age, parts[1], str(path))
-
-
-def _check_label(age: Any, gender: Any, where: str) -> tuple[int, str]:
-    from .passes import MAX_AGE, MIN_AGE, check_gender
-
-    try:
-        value = float(age)
-    except (TypeError, ValueError):
-        raise EvaluationError(f"{where}: age {age!r} is not a number") from None
-    if math.isnan(value) or not MIN_AGE <= value <= MAX_AGE:
-        raise EvaluationError(f"{where}: age {age!r} is outside {MIN_AGE}..{MAX_AGE}")
-    try:
-        return int(round(value)), check_gender(gender, f"{where}: gender")
-    except ValueError as exc:
-        raise EvaluationError(str(exc)) from None
-
-
 def read_labels(path: Path) -> dict[str, tuple[int, str]]:
-    """file name (and relative path) -> (age, gender) from a CSV with an image/file, age and gender column."""
-    if not path.is_file():
-        raise EvaluationError(f"label file {path} does not exist")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip().lower() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip().lower(): v for k, v in r.items()} for r in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise EvaluationError(f"{path}: cannot read the CSV ({exc})") from exc
-    file_col = next((c for c in ("image", "file", "filename", "path", "name") if c in header), None)
-    gender_col = next((c for c in ("gender", "sex") if c in header), None)
-    missing = [what for what, col in (("image/file", file_col), ("age", "age" if "age" in header else None),
-                                      ("gender", gender_col)) if col is None]
-    if missing:
-        raise EvaluationError(f"{path}: no {', '.join(missing)} column (columns: {', '.join(header) or 'none'}); "
-                              f"expected image,age,gender")
+    """image name (as written in the file) -> (age, gender) from a CSV or JSON label file."""
     labels = {}
-    for number, row in enumerate(rows, start=2):
-        name = (row.get(file_col) or "").strip().replace("\\", "/")
+    for row, name, age, gender in read_label_file(path, EvaluationError):
+        name = name.replace("\\", "/")
         if not name:
-            raise EvaluationError(f"{path} row {number}: no image name")
-        labels[name] = _check_label(row.get("age"), row.get(gender_col), f"{path} row {number} ({name})")
+            raise EvaluationError(f"{path} row {row}: no image name")
+        try:
+            labels[name] = check_label(age, gender)
+        except ValueError as exc:
+            raise EvaluationError(f"{path} row {row} ({name}): {exc}") from None
     return labels
 
 
@@ -165,7 +124,10 @@ def collect_faces(folder: str | Path, labels_file: str | Path | None = None, lim
         relative = str(path.relative_to(folder)).replace("\\", "/")
         label = labels.get(relative) or labels.get(path.name)
         if label is None and not labels_file:
-            label = labels_from_name(path)
+            try:
+                label = labels_from_name(path)
+            except ValueError as exc:
+                raise EvaluationError(str(exc)) from None
         if label is None:
             where = f"not in {labels_file}" if labels_file else "its name is not like 23_male.png"
             raise EvaluationError(f"{path}: no source age/gender ({where}); give --labels with image,age,gender "
@@ -178,37 +140,12 @@ def collect_faces(folder: str | Path, labels_file: str | Path | None = None, lim
 
 def load_face_image(path: Path) -> torch.Tensor:
     """[1,3,H,W] 0..1 RGB."""
-    from PIL import Image
+    from ..files.images import load_image, to_tensor
 
-    from .images import to_tensor
-
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except Exception as exc:  # PIL raises many types for broken files
-        raise EvaluationError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
-    return to_tensor(array)
+    return to_tensor(load_image(path)[0])
 
 
 # ----------------------------------------------------------------------------- estimators
-
-
-def _find_pack(models_dir: Path, name: str | None) -> Path:
-    try:
-        from .face import find_insightface_pack
-    except ImportError:
-        find_insightface_pack = None
-    if find_insightface_pack is not None:
-        return find_insightface_pack(models_dir, name)
-    names = [name] if name else list(PACK_NAMES)
-    searched = []
-    for pack in names:
-        for candidate in (models_dir / "insightface" / "models" / pack, models_dir / "insightface" / pack):
-            searched.append(str(candidate))
-            if candidate.is_dir() and any(candidate.glob("*.onnx")):
-                return candidate
-    raise FileNotFoundError(f"no insightface pack found (searched {', '.join(searched)}); unzip buffalo_l from "
-                            f"https://github.com/deepinsight/insightface/releases to {models_dir}/insightface/models/")
 
 
 def _genderage_file(pack: Path) -> Path:
@@ -239,10 +176,10 @@ class GenderAgeEstimator:
         import contextlib
         import io
 
-        path = _genderage_file(_find_pack(Path(models_dir), pack))
+        path = _genderage_file(find_insightface_pack(Path(models_dir), pack))
         if providers is None:
             try:
-                from .face import resolve_providers
+                from ..faces.detect import resolve_providers
 
                 providers = resolve_providers("auto")
             except ImportError:
@@ -257,7 +194,7 @@ class GenderAgeEstimator:
     def __call__(self, images: torch.Tensor) -> list[float | None]:
         from insightface.app.common import Face
 
-        from .images import to_uint8
+        from ..files.images import to_uint8
 
         ages = []
         for image in images:
@@ -271,15 +208,15 @@ class GenderAgeEstimator:
 
 
 class DetectorEstimator:
-    """Detect the face in each output (``cradle2cane.face``) and take its estimated age."""
+    """Detect the face in each output (``cradle2cane.faces.detect``) and take its estimated age."""
 
     def __init__(self, models_dir: Path, pack: str | None = None) -> None:
-        from .face import FaceDetector
+        from ..faces.detect import FaceDetector
 
-        self.detector = FaceDetector(_find_pack(Path(models_dir), pack), providers="auto", det_size=320)
+        self.detector = FaceDetector(find_insightface_pack(Path(models_dir), pack), providers="auto", det_size=320)
 
     def __call__(self, images: torch.Tensor) -> list[float | None]:
-        from .images import to_uint8
+        from ..files.images import to_uint8
 
         ages = []
         for image in images:
@@ -329,8 +266,10 @@ def summarise(items: Sequence[ItemResult], tolerance: float) -> Summary:
 def evaluate(model, faces: Sequence[FaceInput], target_ages: Sequence[int], estimator=None, age_tolerance: float = 10.0,
              seed: int = 0, batch_size: int = 8, save_dir: Path | None = None, progress=None) -> list[ItemResult]:
     """Age every face to every target age and score the outputs."""
-    from .arcface import arcface_embedding
-    from .passes import check_age
+    import torch
+
+    from ..method.arcface import arcface_embedding
+    from ..method.prompts import check_age
 
     targets = [check_age(t, "target age") for t in target_ages]
     if not targets:
@@ -361,7 +300,7 @@ def evaluate(model, faces: Sequence[FaceInput], target_ages: Sequence[int], esti
                                       identity=float(cosine[k]), age_score=score,
                                       harmonic=harmonic(score, float(cosine[k]))))
             if save_dir is not None:
-                from .images import save_image_atomic, to_uint8
+                from ..files.images import save_image_atomic, to_uint8
 
                 save_image_atomic(to_uint8(out.images[k]), save_dir / f"{face.path.stem}_to{target}.png")
         if progress is not None:
@@ -395,7 +334,7 @@ def format_table(report: EvaluationReport) -> str:
 
 
 def _parse_ages(values: Sequence[str]) -> list[int]:
-    from .passes import check_age
+    from ..method.prompts import check_age
 
     ages = []
     for value in values:
@@ -425,18 +364,10 @@ def _face_bar(total: int):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .cli import _dtype, load_model
-
     targets = _parse_ages(args.target_age)
     faces = collect_faces(args.folder, args.labels, args.limit)
     estimator = make_estimator(args.estimator, Path(args.models), args.pack)
-    if args.weights is not None:
-        from .pipeline import Cradle2Cane
-
-        model = Cradle2Cane.from_pretrained(args.models, base=args.base, cradle2cane_dir=args.weights,
-                                            device=args.device, dtype=_dtype(args.dtype))
-    else:
-        model = load_model(args)
+    model = load_model(args, cradle2cane_dir=args.weights)
     progress = None if args.quiet else _face_bar(len(faces))
     items = evaluate(model, faces, targets, estimator, args.age_tolerance, args.seed, args.batch_size,
                      args.save_images, progress)
@@ -458,8 +389,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from .cli import add_model_arguments
-
     parser = subparsers.add_parser(
         "evaluate", help="age a folder of aligned faces and report age error, identity and their harmonic score",
         description=__doc__.split("\n\n")[0] + " Source ages/genders come from --labels (CSV image,age,gender) or "

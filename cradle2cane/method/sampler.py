@@ -1,6 +1,6 @@
-"""The two img2img passes on SDXL-Turbo components (METHOD.md sections 2 and 4).
+"""The img2img sampler both passes run on SDXL-Turbo components.
 
-The sampler below is diffusers' SDXL img2img reduced to what Cradle2Cane uses (4 steps, no CFG,
+It is diffusers' SDXL img2img reduced to what Cradle2Cane uses (4 steps, no CFG,
 Euler-ancestral, trailing spacing), written out so that it can batch items of different target
 ages, share the VAE encoding of one input across them, report every UNet step and stop between
 steps. It draws its random numbers exactly as ``StableDiffusionXLImg2ImgPipeline`` does with one
@@ -10,94 +10,14 @@ pipeline for the same seed (tests check both).
 
 from __future__ import annotations
 
-import contextlib
-import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
+from .adani import unet_evaluations
+
 StepCallback = Callable[[int, int], None]
-
-GENDERS = ("male", "female")
-MIN_AGE, MAX_AGE = 0, 100
-
-
-def adani_strength(age_gap: float, t1: float = 10, t2: float = 30, one_threshold: bool = False) -> float:
-    """AdaNI noise strength for an age gap: small gaps keep more of the input."""
-    gap = abs(age_gap)
-    if gap <= t1:
-        return 0.25
-    if one_threshold or gap <= t2:
-        return 0.5
-    return 0.75
-
-
-def aging_prompt(target_age: int, gender: str) -> str:
-    return f"a face image of a {target_age} years old {gender}"
-
-
-def check_age(age: int, what: str) -> int:
-    if isinstance(age, bool) or not isinstance(age, (int, float)) or age != int(age):
-        raise ValueError(f"{what} must be a whole number of years, got {age!r}")
-    if not MIN_AGE <= int(age) <= MAX_AGE:
-        raise ValueError(f"{what} must be between {MIN_AGE} and {MAX_AGE}, got {age}")
-    return int(age)
-
-
-def check_gender(gender: str, what: str = "gender") -> str:
-    value = str(gender).strip().lower()
-    aliases = {"m": "male", "man": "male", "f": "female", "woman": "female"}
-    value = aliases.get(value, value)
-    if value not in GENDERS:
-        raise ValueError(f"{what} must be 'male' or 'female', got {gender!r}")
-    return value
-
-
-def unet_evaluations(strength: float, steps: int) -> int:
-    """How many UNet calls img2img makes for a strength (diffusers' rule: int(steps * strength))."""
-    return min(int(steps * strength), steps)
-
-
-def check_strength(strength: float, steps: int, what: str = "strength") -> float:
-    if not isinstance(strength, (int, float)) or math.isnan(strength) or not 0.0 < strength <= 1.0:
-        raise ValueError(f"{what} must be in (0, 1], got {strength!r}")
-    if unet_evaluations(strength, steps) < 1:
-        raise ValueError(f"{what}={strength} runs no denoising step with {steps} steps; use at least {1 / steps:g}")
-    return float(strength)
-
-
-# ----------------------------------------------------------------------------- LoRA state
-
-
-def _tuner_layers(unet: torch.nn.Module) -> list:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
-
-
-def lora_is_enabled(unet: torch.nn.Module) -> bool:
-    layers = _tuner_layers(unet)
-    return bool(layers) and not layers[0].disable_adapters
-
-
-@contextlib.contextmanager
-def lora_enabled(unet: torch.nn.Module, enabled: bool) -> Iterator[None]:
-    """Switch the UNet's LoRA on or off for a block, restoring every layer's state afterwards,
-    also when the block raises or is interrupted."""
-    layers = _tuner_layers(unet)
-    previous = [layer.disable_adapters for layer in layers]
-    try:
-        for layer in layers:
-            layer.enable_adapters(enabled)
-        yield
-    finally:
-        for layer, was_disabled in zip(layers, previous):
-            layer.enable_adapters(not was_disabled)
-
-
-# ----------------------------------------------------------------------------- sampler
-
 
 @dataclass
 class EncodedImages:

@@ -33,21 +33,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .arguments import UsageError, add_model_arguments, load_model
+
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("sequential", "sweep", "single")
 DEFAULT_AGES = 20
 MIN_SWEEP_AGE, MAX_SWEEP_AGE = 1, 80
 JSON_VERSION = 1
-CLIP_L_VOCAB = 49408
 
 
 # ----------------------------------------------------------------------------- arguments
 
 
 def register(subparsers) -> None:
-    from .cli import add_model_arguments
-
     parser = subparsers.add_parser(
         "bench", help="time the reference-style per-age loop against the one-call sweep",
         description="Time the reference-style per-age loop (plain diffusers calls) against this project's "
@@ -58,7 +57,7 @@ def register(subparsers) -> None:
                                             "temporary folder)", memory=False)
     parser.add_argument("--full-size", action="store_true",
                         help="random weights at the released sizes (SDXL-Turbo configs shipped in "
-                             "cradle2cane/configs/sdxl-turbo, CLIP-L, ArcFace r100, projectors); for a GPU")
+                             "cradle2cane/loading/configs/sdxl-turbo, CLIP-L, ArcFace r100, projectors); for a GPU")
     parser.add_argument("--ages", type=int, default=None,
                         help=f"number of target ages spread over {MIN_SWEEP_AGE}..{MAX_SWEEP_AGE} "
                              f"(default {DEFAULT_AGES})")
@@ -95,8 +94,6 @@ class BenchOptions:
 
 
 def _usage(message: str) -> Exception:
-    from .cli import UsageError
-
     return UsageError(message)
 
 
@@ -123,8 +120,8 @@ def _parse_list(value: str, allowed: Sequence[str], option: str) -> list[str]:
 
 def parse_options(args: argparse.Namespace) -> BenchOptions:
     """Check every bench option before anything is loaded; raise ``UsageError`` with the fix."""
-    from .memory import MEMORY_MODES
-    from .passes import check_age, check_gender
+    from ..runtime import MEMORY_MODES
+    from ..method.prompts import check_age, check_gender
 
     for name in ("repeats", "batch_size"):
         if getattr(args, name) < 1:
@@ -175,95 +172,6 @@ def parse_options(args: argparse.Namespace) -> BenchOptions:
 # ----------------------------------------------------------------------------- full-size random weights
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype):
-    import torch
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def clip_l_config(vocab_size: int, bos: int, eos: int):
-    """openai/clip-vit-large-patch14's architecture (ViT-L/14 at 224 px, 768-d projection)."""
-    from transformers import CLIPConfig
-
-    return CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                         bos_token_id=bos, eos_token_id=eos, pad_token_id=1, projection_dim=768),
-        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                           image_size=224, patch_size=14, hidden_act="quick_gelu", projection_dim=768),
-        projection_dim=768)
-
-
-def build_full_size_model(device: str = "cuda", dtype=None, seed: int = 0, lora_rank: int = 40):
-    """A ``Cradle2Cane`` with random weights at the released sizes, built directly on ``device``.
-
-    UNet, VAE and both text encoders come from the SDXL-Turbo configs shipped in
-    ``cradle2cane/configs/sdxl-turbo`` (the VAE with ``force_upcast`` off, as the fp16-fix VAE);
-    CLIP-L, ArcFace iResNet-100 and the two projectors have their released shapes; the LoRA is rank
-    40 on the UNet attention projections. The tokenizers use a byte-level vocabulary (no
-    download), which keeps the 77-token sequences of the real ones. ``device="meta"`` builds the
-    shapes only. Nothing is downloaded or written.
-    """
-    import torch
-    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
-                           UNet2DConditionModel)
-    from peft import LoraConfig
-    from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from .arcface import IRESNET_LAYERS, IResNet
-    from .embeddings import ClipFeatures, ClipPreprocess
-    from .loaders import LORA_ADAPTER
-    from .pipeline import Cradle2Cane
-    from .projectors import ProjectorMLP
-    from .settings import Settings
-    from .single_file import SDXL_TURBO_CONFIG_DIR as CONFIGS
-    from .tiny import LORA_TARGETS, write_tokenizer
-
-    device = torch.device(device)
-    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    settings = Settings()
-    with tempfile.TemporaryDirectory(prefix="c2c-tokenizer-") as tmp:
-        write_tokenizer(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp)
-        tokenizer_2 = CLIPTokenizer.from_pretrained(tmp, pad_token="!")
-    torch.manual_seed(seed)
-    with torch.device(device), _default_dtype(dtype):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(CONFIGS / "unet")))
-        vae = AutoencoderKL.from_config({**AutoencoderKL.load_config(str(CONFIGS / "vae")), "force_upcast": False})
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(CONFIGS / "text_encoder")))
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(CONFIGS / "text_encoder_2")))
-        clip = CLIPModel(clip_l_config(CLIP_L_VOCAB, tokenizer.bos_token_id, tokenizer.eos_token_id))
-        arcface = IResNet(IRESNET_LAYERS[settings.arcface_network])
-        cross = int(unet.config.cross_attention_dim)
-        face_projector = ProjectorMLP(arcface.hidden_dim, cross)
-        clip_projector = ProjectorMLP(int(clip.config.projection_dim), cross)
-        unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
-                                    target_modules=list(LORA_TARGETS)), adapter_name=LORA_ADAPTER)
-        with torch.no_grad():
-            for name, param in unet.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0.0, 0.01)
-    scheduler = EulerAncestralDiscreteScheduler.from_config(
-        EulerAncestralDiscreteScheduler.load_config(str(CONFIGS / "scheduler")))
-    modules = (unet, vae, text_encoder, text_encoder_2, clip, arcface, face_projector, clip_projector)
-    for module in modules:
-        if next(module.parameters()).dtype != dtype:
-            module.to(dtype)
-        module.eval().requires_grad_(False)
-    pipe = StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                            tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
-                                            scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    return Cradle2Cane(pipe, arcface, face_projector, ClipFeatures(clip, tokenizer, ClipPreprocess()),
-                       clip_projector, settings)
-
-
 # ----------------------------------------------------------------------------- the two ways
 
 
@@ -273,8 +181,9 @@ def reference_loop(model, face, ages: Sequence[int], source_age: int, gender: st
     each [N,3,H,W] float32 on the CPU."""
     import torch
 
-    from .pipeline import FirstPassOutput
-    from .passes import aging_prompt, lora_enabled
+    from ..pipeline import FirstPassOutput
+    from ..method.prompts import aging_prompt
+    from ..method.lora import lora_enabled
 
     pipe = model.pipe
     steps = model.settings.infer_step
@@ -394,7 +303,7 @@ class Bench:
         return result.images, result.aged
 
     def measure(self, result: VariantResult, timed: bool) -> None:
-        from .memory import peak_memory_mib, reset_peak_memory
+        from ..runtime.diagnostics import peak_memory_mib, reset_peak_memory
 
         self.model.clip.clear_cache()  # every run starts cold: no age texts from an earlier run
         reset_peak_memory(self.device)
@@ -429,7 +338,7 @@ class Bench:
         return results
 
     def run(self, progress) -> list[VariantResult]:
-        from .memory import set_memory_mode
+        from ..runtime.offload import set_memory_mode
 
         results = []
         for memory in self.o.memory:
@@ -528,11 +437,11 @@ def _write_json(report: dict[str, Any], target: str) -> None:
 @contextlib.contextmanager
 def _models_folder(args: argparse.Namespace) -> Iterator[tuple[Path | None, str]]:
     if args.full_size:
-        yield None, "full-size random weights (cradle2cane/configs/sdxl-turbo + released sizes)"
+        yield None, "full-size random weights (cradle2cane/loading/configs/sdxl-turbo + released sizes)"
     elif args.models is not None:
         yield Path(args.models), str(args.models)
     else:
-        from .tiny import write_tiny_models
+        from ..testing.tiny import write_tiny_models
 
         with tempfile.TemporaryDirectory(prefix="c2c-bench-") as tmp:
             yield write_tiny_models(Path(tmp) / "models"), "tiny set (temporary)"
@@ -551,8 +460,9 @@ def _device_name(device) -> str:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from . import memory as M
-    from .cli import _dtype, load_model
+    from ..runtime import diagnostics as M
+    from ..runtime.precision import dtype_name, parse_dtype
+    from ..testing.full_size import build_full_size_model
 
     options = parse_options(args)
     if not args.debug:  # the loaders' per-file progress bars would bury the table
@@ -577,7 +487,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     with _models_folder(args) as (folder, label):
         start = time.perf_counter()
         if folder is None:
-            model = build_full_size_model(device, _dtype(args.dtype))
+            model = build_full_size_model(device, parse_dtype(args.dtype))
         else:
             args.models = folder
             model = load_model(args)
@@ -590,7 +500,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         context = {
             "models": label, "device": str(model.device), "device_name": _device_name(model.device),
-            "dtype": M.dtype_name(model.dtype), "component_dtypes": M.component_dtypes(model),
+            "dtype": dtype_name(model.dtype), "component_dtypes": M.component_dtypes(model),
             "parameters": M.parameter_counts(model), "attention": M.attention_report(model),
             "resolution": model.resolution, "ages": options.ages, "source_age": options.source_age,
             "gender": options.gender, "seed": options.seed, "batch_size": options.batch_size,

@@ -1,6 +1,6 @@
 """Precision, attention and GPU-memory helpers for the ``Cradle2Cane`` facade.
 
-Memory modes (``MEMORY_MODES``):
+Memory modes (``cradle2cane.runtime.MEMORY_MODES``):
 
 * ``default``: every component lives on the device (fastest; about 9 GB of fp16 weights).
 * ``offload``: model CPU offload. Components stay on the CPU in four groups (text encoders, UNet,
@@ -20,124 +20,20 @@ every move is a no-op: the options are accepted and change nothing.
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Cradle2Cane
+from . import MEMORY_MODES
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MEMORY_MODES = ("default", "offload", "low-vram")
-
-
-# ----------------------------------------------------------------------------- precision
-
-
-def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    """``auto``/None -> None (the loader picks), ``fp32``/``fp16``/``bf16`` or a torch dtype."""
-    if name is None or isinstance(name, torch.dtype):
-        if name is not None and name not in DTYPES.values():
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name}")
-        return name
-    key = str(name).strip().lower()
-    aliases = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
-    key = aliases.get(key, key)
-    if key == "auto":
-        return None
-    if key not in DTYPES:
-        raise ValueError(f"dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
-    return DTYPES[key]
-
-
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """float16 on CUDA, float32 elsewhere (the loader's rule)."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    for key, value in DTYPES.items():
-        if value == dtype:
-            return key
-    return str(dtype).removeprefix("torch.")
-
-
-def _module_dtype(module: nn.Module) -> str:
-    param = next(module.parameters(), None)
-    return dtype_name(param.dtype) if param is not None else "none"
-
-
-def components(model: "Cradle2Cane") -> dict[str, nn.Module]:
-    """Every torch module of the facade by a stable name."""
-    pipe = model.pipe
-    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder,
-            "text_encoder_2": pipe.text_encoder_2, "clip": model.clip.model, "arcface": model.arcface,
-            "face_projector": model.face_projector, "clip_projector": model.clip_projector}
-
-
-def component_dtypes(model: "Cradle2Cane") -> dict[str, str]:
-    """The weight dtype of each component, e.g. to check that a non-fp16-fix VAE stayed in fp32."""
-    return {name: _module_dtype(module) for name, module in components(model).items()}
-
-
-def parameter_counts(model: "Cradle2Cane") -> dict[str, int]:
-    return {name: sum(p.numel() for p in module.parameters()) for name, module in components(model).items()}
 
 
 # ----------------------------------------------------------------------------- attention
-
-
-def uses_sdpa(processor: Any) -> bool:
-    """Whether a diffusers attention processor computes attention with torch's
-    ``scaled_dot_product_attention`` (``AttnProcessor2_0`` and its successors)."""
-    cls = type(processor)
-    if cls.__name__.endswith("2_0"):
-        return True
-    try:
-        source = inspect.getsource(cls.__call__)
-    except (OSError, TypeError):
-        return False
-    return "scaled_dot_product_attention" in source or "dispatch_attention_fn" in source
-
-
-def attention_report(model: "Cradle2Cane") -> dict[str, Any]:
-    """Attention implementation per component: processor classes for the diffusers models,
-    ``attn_implementation`` for the transformers ones, and whether all use SDPA."""
-    report: dict[str, Any] = {}
-    sdpa = True
-    for name in ("unet", "vae"):
-        module = getattr(model.pipe, name)
-        processors = getattr(module, "attn_processors", {}) or {}
-        report[name] = sorted({type(p).__name__ for p in processors.values()})
-        sdpa &= all(uses_sdpa(p) for p in processors.values())
-    for name, module in (("text_encoder", model.pipe.text_encoder), ("text_encoder_2", model.pipe.text_encoder_2),
-                         ("clip", model.clip.model)):
-        impl = getattr(module.config, "_attn_implementation", None) or "eager"
-        report[name] = impl
-        sdpa &= impl in ("sdpa", "flash_attention_2", "flash_attention_3")
-    report["all_sdpa"] = bool(sdpa)
-    return report
-
-
-def ensure_sdpa(model: "Cradle2Cane") -> bool:
-    """Switch diffusers attention to ``AttnProcessor2_0`` where something else was set (diffusers
-    already defaults to it on torch >= 2); returns whether anything changed."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    changed = False
-    for name in ("unet", "vae"):
-        module = getattr(model.pipe, name)
-        processors = getattr(module, "attn_processors", {}) or {}
-        if processors and not all(uses_sdpa(p) for p in processors.values()):
-            module.set_attn_processor(AttnProcessor2_0())
-            changed = True
-    return changed
 
 
 # ----------------------------------------------------------------------------- moving tensors
@@ -256,14 +152,16 @@ class ModelOffload:
         self._return_device.clear()
 
 
-def offload_groups(model: "Cradle2Cane") -> dict[str, list[nn.Module]]:
-    pipe = model.pipe
-    return {
-        "text_encoders": [pipe.text_encoder, pipe.text_encoder_2],
-        "unet": [pipe.unet],
-        "vae": [pipe.vae],
-        "identity": [model.arcface, model.face_projector, model.clip.model, model.clip_projector],
-    }
+class Offloadable(Protocol):
+    """What the helpers below need from a loaded model (``Cradle2Cane`` is one)."""
+
+    offload: ModelOffload | None
+
+    def components(self) -> dict[str, nn.Module]: ...
+
+    def component_groups(self) -> dict[str, list[nn.Module]]: ...
+
+    def to(self, device: str | torch.device) -> Any: ...
 
 
 def _execution_device(device: str | torch.device | None) -> torch.device:
@@ -274,8 +172,8 @@ def _execution_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu")
 
 
-def set_vae_slicing_tiling(model: "Cradle2Cane", enabled: bool) -> None:
-    vae = model.pipe.vae
+def set_vae_slicing_tiling(model: Offloadable, enabled: bool) -> None:
+    vae = model.components()["vae"]
     if enabled:
         vae.enable_slicing()
         vae.enable_tiling()
@@ -284,8 +182,8 @@ def set_vae_slicing_tiling(model: "Cradle2Cane", enabled: bool) -> None:
         vae.disable_tiling()
 
 
-def enable_model_cpu_offload(model: "Cradle2Cane", device: str | torch.device | None = None,
-                             low_vram: bool = False) -> "Cradle2Cane":
+def enable_model_cpu_offload(model: Offloadable, device: str | torch.device | None = None,
+                             low_vram: bool = False) -> Offloadable:
     """Install model CPU offload on ``model`` (replacing any earlier one); see the module docstring."""
     device = _execution_device(device)
     previous = getattr(model, "offload", None)
@@ -293,12 +191,12 @@ def enable_model_cpu_offload(model: "Cradle2Cane", device: str | torch.device | 
         previous.remove()
     if device.type == "cpu":
         logger.info("model CPU offload on the CPU: nothing to move, results and speed are unchanged")
-    model.offload = ModelOffload(offload_groups(model), device)
+    model.offload = ModelOffload(model.component_groups(), device)
     set_vae_slicing_tiling(model, low_vram)
     return model
 
 
-def disable_model_cpu_offload(model: "Cradle2Cane", device: str | torch.device | None = None) -> "Cradle2Cane":
+def disable_model_cpu_offload(model: Offloadable, device: str | torch.device | None = None) -> Offloadable:
     """Remove the offload hooks and put every component on ``device`` (default: the offload's
     execution device, or leave them where they are when there was no offload)."""
     offload = getattr(model, "offload", None)
@@ -312,7 +210,7 @@ def disable_model_cpu_offload(model: "Cradle2Cane", device: str | torch.device |
     return model
 
 
-def set_memory_mode(model: "Cradle2Cane", mode: str, device: str | torch.device | None = None) -> "Cradle2Cane":
+def set_memory_mode(model: Offloadable, mode: str, device: str | torch.device | None = None) -> Offloadable:
     """``default`` | ``offload`` | ``low-vram`` (see the module docstring)."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory mode must be one of {', '.join(MEMORY_MODES)}, got {mode!r}")
@@ -323,16 +221,12 @@ def set_memory_mode(model: "Cradle2Cane", mode: str, device: str | torch.device 
     return enable_model_cpu_offload(model, device, low_vram=mode == "low-vram")
 
 
-def release_memory(model: "Cradle2Cane | None" = None) -> None:
+def release_memory(model: Offloadable | None = None) -> None:
     """Free what can be freed without unloading: park an offloaded model's resident group on the
-    CPU, drop the CLIP age-text cache, collect garbage and return cached CUDA/MPS blocks."""
-    if model is not None:
-        offload = getattr(model, "offload", None)
-        if offload is not None:
-            offload.offload_all()
-        clip = getattr(model, "clip", None)
-        if clip is not None and hasattr(clip, "clear_cache"):
-            clip.clear_cache()
+    CPU, collect garbage and return cached CUDA/MPS blocks."""
+    offload = getattr(model, "offload", None)
+    if offload is not None:
+        offload.offload_all()
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
@@ -345,38 +239,3 @@ def release_memory(model: "Cradle2Cane | None" = None) -> None:
 # ----------------------------------------------------------------------------- measuring
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA allocator statistics, or the process's RSS high-water mark (Linux)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def peak_memory_mib(device: torch.device) -> tuple[float, str]:
-    """(peak MiB since ``reset_peak_memory``, what it measures)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024, "process_peak_rss"
-    except OSError:
-        pass
-    return process_peak_rss_mib(), "process_peak_rss_lifetime"
-
-
-def process_peak_rss_mib() -> float:
-    """Peak resident set size of this process (``resource.getrusage``)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
