@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from cradle2cane.loading.settings import read_yaml_mapping
+from cradle2cane.loading.settings import coerce_scalar, read_yaml_mapping
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
@@ -89,34 +89,10 @@ def _coerce(key: str, value: Any, kind: str, nullable: bool, source: str) -> Any
         if not isinstance(value, (list, tuple)):
             raise bad()
         return [_coerce(key, v, inner, False, source) for v in value]
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.strip().lower() in ("true", "yes", "1")
-        raise bad()
-    if kind == "int":
-        if isinstance(value, bool):
-            raise bad()
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise bad() from None
-        if number != int(number):
-            raise bad()
-        return int(number)
-    if kind == "float":
-        if isinstance(value, bool):
-            raise bad()
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise bad() from None
-    if kind in ("str", "path"):
-        if isinstance(value, (dict, list, tuple, bool)):
-            raise bad()
-        return str(value)
-    raise bad()  # pragma: no cover
+    try:
+        return coerce_scalar(value, kind)
+    except (TypeError, ValueError, OverflowError):
+        raise bad() from None
 
 
 def _unknown(keys: Iterable[str], known: Iterable[str], source: str) -> None:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..method.identity import CLIP_MAP_METHODS
+
 logger = logging.getLogger(__name__)
 
-CLIP_MAP_METHODS = ("angle", "vector")
 
 
 class SettingsError(ValueError):
@@ -113,25 +114,39 @@ def read_yaml_mapping(path: Path, error: type[Exception]) -> dict[str, Any]:
     return dict(data)
 
 
+def coerce_scalar(value: Any, kind: str) -> Any:
+    """A YAML value as ``bool``/``int``/``float``/``str``; ``ValueError`` when it is not one.
+
+    Strings that spell a value are accepted (``"true"``, ``"yes"``, ``"1e-4"``, ``"4.0"`` for an int),
+    booleans are never numbers. Shared by hparams.yml and the training configuration.
+    """
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+        raise ValueError(value)
+    if kind in ("int", "float"):
+        if isinstance(value, bool):
+            raise ValueError(value)
+        number = float(value)  # TypeError/ValueError for anything that is not a number
+        if kind == "float":
+            return number
+        if number != int(number):
+            raise ValueError(value)
+        return int(number)
+    if kind in ("str", "path"):
+        if isinstance(value, (dict, list, tuple, bool)):
+            raise ValueError(value)
+        return str(value)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
 def _coerce(value: Any, annotation: str, name: str, source: str) -> Any:
     kind = annotation.split("|")[0].strip()
     try:
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            raise ValueError
-        if kind == "int":
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
+        return coerce_scalar(value, kind)
+    except (TypeError, ValueError, OverflowError):
         raise SettingsError(f"{source}: {name} must be {kind}, got {value!r}") from None
 
 
