@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..files.atomic import atomic_path
 from ..loading import paths as W
 
 logger = logging.getLogger(__name__)
@@ -169,10 +169,8 @@ def write_tiny_models(out_dir: str | Path, seed: int = 0, overwrite: bool = Fals
 
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+        raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+    with atomic_path(out, directory=True) as work:
         tok_dir = work / "_tokenizer"
         vocab_size = write_tokenizer(tok_dir)
         tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
@@ -216,12 +214,6 @@ def write_tiny_models(out_dir: str | Path, seed: int = 0, overwrite: bool = Fals
 
         write_insightface_pack(work / "insightface" / "models" / "buffalo_l", seed=seed)
 
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     logger.info("wrote the tiny model set to %s", out)
     return out
 
