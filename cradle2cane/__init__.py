@@ -10,38 +10,40 @@ Importing this package is cheap: torch, diffusers and friends load on first use 
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "Cradle2Cane": ".pipeline",
-    "AgingResult": ".pipeline",
-    "FirstPassOutput": ".pipeline",
-    "age_photo": ".photo",
-    "PhotoAgingResult": ".photo",
-    "adani_strength": ".method.adani",
-    "aging_prompt": ".method.prompts",
-    "lora_enabled": ".method.lora",
-    "svr_arcface": ".method.identity",
-    "rotate_clip": ".method.identity",
-    "slerp": ".method.identity",
-    "Settings": ".loading.settings",
-    "SettingsError": ".loading.settings",
-    "ModelFileError": ".loading.paths",
-    "ModelPaths": ".loading.paths",
-    "write_tiny_models": ".testing.tiny",
-}
-
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted([
+    "AgingResult", "Cradle2Cane", "FirstPassOutput", "ModelFileError", "ModelPaths", "PhotoAgingResult",
+    "Settings", "SettingsError", "adani_strength", "age_photo", "aging_prompt", "lora_enabled", "rotate_clip",
+    "slerp", "svr_arcface", "write_tiny_models",
+]) + ["__version__"]
 
 
 def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
+    """Import the module that defines ``name`` on first use (PEP 562), so the package stays cheap."""
+    if name in ("Cradle2Cane", "AgingResult", "FirstPassOutput"):
+        from . import pipeline as module
+    elif name in ("age_photo", "PhotoAgingResult"):
+        from . import photo as module
+    elif name == "adani_strength":
+        from .method import adani as module
+    elif name == "aging_prompt":
+        from .method import prompts as module
+    elif name == "lora_enabled":
+        from .method import lora as module
+    elif name in ("svr_arcface", "rotate_clip", "slerp"):
+        from .method import identity as module
+    elif name in ("Settings", "SettingsError"):
+        from .loading import settings as module
+    elif name in ("ModelFileError", "ModelPaths"):
+        from .loading import paths as module
+    elif name == "write_tiny_models":
+        from .testing import tiny as module
+    else:
         raise AttributeError(f"module 'cradle2cane' has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
+    value = getattr(module, name)
     globals()[name] = value
     return value
 
