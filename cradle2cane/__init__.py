@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = sorted([
+__all__ = [
     "AgingResult", "Cradle2Cane", "FirstPassOutput", "ModelFileError", "ModelPaths", "PhotoAgingResult",
-    "Settings", "SettingsError", "adani_strength", "age_photo", "aging_prompt", "lora_enabled", "rotate_clip",
-    "slerp", "svr_arcface", "write_tiny_models",
-]) + ["__version__"]
+    "Settings", "SettingsError", "__version__", "adani_strength", "age_photo", "aging_prompt", "lora_enabled",
+    "rotate_clip", "slerp", "svr_arcface", "write_tiny_models",
+]
 
 
 def __getattr__(name: str):
