@@ -1,13 +1,15 @@
 """The ``Cradle2Cane`` facade: load the released files once, age many faces.
 
-Item layout: for B input faces and J target ages a call produces N = B * J items, item
-``b * J + j`` being face ``b`` at target age ``j``. Each item draws its noise from its own generator
-seeded with the face's seed, so one face aged to 70 alone equals the 70 of a sweep.
+A call is validated and planned once (``plan``, an ``AgingPlan``: item ``b * J + j`` is face ``b``
+at target age ``j``), then runs pass 1 (AdaNI), the identity conditioning and pass 2 on that plan.
+Each item draws its noise from its own generators seeded from its face's seed, so one face aged to
+70 alone equals the 70 of a sweep. One instance may be shared by threads: runs take turns.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,17 +18,18 @@ import torch
 import torch.nn.functional as F
 
 from .loading import paths as W
-from .method.arcface import IResNet, arcface_hidden_state
-from .method.clip_features import ClipFeatures, ClipPreprocess
-from .method.prompts import age_text
-from .method.identity import rotate_clip, svr_arcface
-from .method.sampler import EncodedImages, Img2ImgSampler, StepCallback
-from .method.adani import adani_strength, check_strength, unet_evaluations
-from .method.prompts import aging_prompt, check_age, check_gender
-from .method.lora import lora_enabled
 from .loading.components import load_arcface, load_base, load_clip, load_lora, load_projector
-from .method.projectors import ProjectorMLP
 from .loading.settings import Settings
+from .method.adani import adani_strength, check_strength
+from .method.arcface import IResNet
+from .method.clip_features import ClipFeatures, ClipPreprocess
+from .method.conditioning import IdentityEncoder
+from .method.lora import lora_enabled, lora_fused
+from .method.plan import AgingPlan, check_seed, make_plan, per_face, second_pass_seed
+from .method.projectors import ProjectorMLP
+from .method.prompts import aging_prompt, encode_prompts
+from .method.reference import quantise_8bit
+from .method.sampler import EncodedImages, Img2ImgSampler, Progress, StepCallback
 from .runtime.precision import resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -34,21 +37,27 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 8
 
 
+class NonFiniteResultError(RuntimeError):
+    """A pass produced NaN or infinite values (the image would come out black or garbage)."""
+
+
 @dataclass
 class FirstPassOutput:
-    """What pass 1 hands to the identity embedding and pass 2 (one entry per item)."""
+    """What pass 1 hands to the identity embedding and pass 2 (one entry per item of ``plan``)."""
 
     aged: torch.Tensor  # [N,3,H,W] 0..1, float32, CPU
     pooled_embeds: torch.Tensor  # [N,P] pooled text embedding of the aging prompt
-    source_index: list[int]
-    source_ages: list[int]
-    target_ages: list[int]
-    genders: list[str]
-    strengths: list[float]
-    seeds: list[int]
+    plan: AgingPlan
 
     def __len__(self) -> int:
-        return len(self.source_index)
+        return len(self.plan)
+
+    source_index = property(lambda self: self.plan.source_index)
+    source_ages = property(lambda self: self.plan.source_ages)
+    target_ages = property(lambda self: self.plan.target_ages)
+    genders = property(lambda self: self.plan.genders)
+    strengths = property(lambda self: self.plan.strengths)
+    seeds = property(lambda self: self.plan.seeds)
 
 
 @dataclass
@@ -66,26 +75,23 @@ class AgingResult:
     seeds: list[int] = field(default_factory=list)
 
 
-def _per_face(value, count: int, what: str) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != count:
-            raise ValueError(f"{what}: got {len(value)} values for {count} faces; give one, or one per face")
-        return list(value)
-    return [value] * count
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    return batch_size
 
 
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-class _Progress:
-    def __init__(self, total: int, callback: StepCallback | None) -> None:
-        self.total, self.done, self.callback = total, 0, callback
-
-    def __call__(self) -> None:
-        self.done += 1
-        if self.callback is not None:
-            self.callback(self.done, self.total)
+def check_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """Raise ``NonFiniteResultError`` naming ``what`` and the items when ``values`` hold NaN/Inf."""
+    bad = ~torch.isfinite(values.flatten(1)).all(dim=1)
+    if bool(bad.any()):
+        items = bad.nonzero().flatten().tolist()
+        raise NonFiniteResultError(
+            f"{what} produced NaN or infinite values for {len(items)} of {len(values)} items (items {items[:8]}), "
+            f"so no image is returned. The weights or settings give non-finite numbers: check the LoRA and "
+            f"projector files for NaN/Inf, swr_alpha/swr_beta in hparams.yml, or run in float32 (float16 can "
+            f"overflow).")
+    return values
 
 
 class Cradle2Cane:
@@ -99,8 +105,11 @@ class Cradle2Cane:
         self.clip = clip
         self.clip_projector = clip_projector.eval()
         self.settings = settings
-        self.sampler = Img2ImgSampler(pipe, steps=settings.infer_step)
-        self.offload = None  # a memory.ModelOffload while model CPU offload is on
+        self.offload = None  # a runtime.offload.ModelOffload while model CPU offload is on
+        self.identity = IdentityEncoder(self.arcface, self.face_projector, clip, self.clip_projector, settings,
+                                        feature_dtype=self.dtype)
+        # Runs switch the shared UNet's LoRA and move weights: one run at a time per instance.
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ loading
 
@@ -109,12 +118,12 @@ class Cradle2Cane:
                         cradle2cane_dir: str | Path | None = None, base_config: str | Path | None = None,
                         device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
                         memory: str = "default") -> "Cradle2Cane":
-        """Load every component from a models folder laid out as in ``weights``' docstring.
+        """Load every component from a models folder laid out as in ``loading.paths``' docstring.
 
         ``dtype`` defaults to float16 on CUDA and float32 elsewhere. The VAE runs in float16 only
         when it is the fp16-fix VAE (``force_upcast`` false); otherwise it stays in float32.
-        ``memory``: ``default`` (all on ``device``), ``offload`` or ``low-vram`` (see ``memory``);
-        the offload modes never hold every component on the device at once.
+        ``memory``: ``default`` (all on ``device``), ``offload`` or ``low-vram`` (see
+        ``runtime.offload``); the offload modes never hold every component on the device at once.
         """
         from .runtime.offload import MEMORY_MODES, set_memory_mode
 
@@ -144,11 +153,12 @@ class Cradle2Cane:
     def to(self, device: str | torch.device) -> "Cradle2Cane":
         """Move every component to ``device`` (this ends model CPU offload)."""
         device = torch.device(device)
-        if self.offload is not None:
-            self.offload.remove()
-            self.offload = None
-        for module in self.components().values():
-            module.to(device)
+        with self._lock:
+            if self.offload is not None:
+                self.offload.remove()
+                self.offload = None
+            for module in self.components().values():
+                module.to(device)
         return self
 
     # ------------------------------------------------------------------ memory
@@ -156,22 +166,25 @@ class Cradle2Cane:
     def enable_model_cpu_offload(self, device: str | torch.device | None = None,
                                  low_vram: bool = False) -> "Cradle2Cane":
         """Keep the components on the CPU and move each group to ``device`` (default: CUDA when
-        available) only while it runs; ``low_vram`` adds VAE slicing and tiling. See ``memory``."""
+        available) only while it runs; ``low_vram`` adds VAE slicing and tiling. See ``runtime.offload``."""
         from .runtime.offload import enable_model_cpu_offload
 
-        return enable_model_cpu_offload(self, device, low_vram=low_vram)
+        with self._lock:
+            return enable_model_cpu_offload(self, device, low_vram=low_vram)
 
     def disable_model_cpu_offload(self, device: str | torch.device | None = None) -> "Cradle2Cane":
         from .runtime.offload import disable_model_cpu_offload
 
-        return disable_model_cpu_offload(self, device)
+        with self._lock:
+            return disable_model_cpu_offload(self, device)
 
     def release_memory(self) -> None:
         """Return cached GPU blocks, drop the CLIP text cache and park offloaded weights on the CPU."""
         from .runtime.offload import release_memory
 
-        self.clip.clear_cache()
-        release_memory(self)
+        with self._lock:
+            self.clip.clear_cache()
+            release_memory(self)
 
     def components(self) -> dict[str, torch.nn.Module]:
         """Every torch module by a stable name."""
@@ -188,18 +201,26 @@ class Cradle2Cane:
 
     @property
     def device(self) -> torch.device:
-        """Where the computation runs (the execution device while offloading)."""
-        return self.offload.device if self.offload is not None else self.pipe.unet.device
+        """Where the computation runs (the execution device while offloading). Reads one
+        parameter: diffusers' ``unet.device`` walks every module."""
+        return self.offload.device if self.offload is not None else next(self.pipe.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+        return next(self.pipe.unet.parameters()).dtype
 
     @property
     def resolution(self) -> int:
         return self.settings.resolution
 
-    # ------------------------------------------------------------------ inputs
+    @property
+    def sampler(self) -> Img2ImgSampler:
+        """The img2img sampler over this model's components, placed where the model runs now."""
+        pipe = self.pipe
+        return Img2ImgSampler(pipe.unet, pipe.vae, pipe.scheduler.config, pipe.vae_scale_factor,
+                              steps=self.settings.infer_step, device=self.device, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ inputs and plans
 
     def prepare_faces(self, images: torch.Tensor) -> torch.Tensor:
         """Check a [B,3,H,W] 0..1 batch; centre-crop non-square and resize to the model's size
@@ -226,172 +247,157 @@ class Cradle2Cane:
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return images.clamp(0, 1)
 
-    # ------------------------------------------------------------------ pass 1
-
     def strength_for(self, source_age: int, target_age: int) -> float:
         s = self.settings
         return adani_strength(abs(target_age - source_age), s.t1, s.t2, s.one_threshold)
 
-    @torch.no_grad()
+    def plan(self, faces: int | torch.Tensor, target_ages: int | Sequence[int], source_ages: int | Sequence[int],
+             genders: str | Sequence[str], seed: int | Sequence[int] = 0, strength: float | None = None,
+             id_strength: float | None = None, reference_inference: bool = False) -> AgingPlan:
+        """Validate a request for ``faces`` (a count or the batch) under this model's settings."""
+        count = faces.shape[0] if isinstance(faces, torch.Tensor) else faces
+        return make_plan(count, target_ages, source_ages, genders, self.settings, seed=seed, strength=strength,
+                         id_strength=id_strength, reference_inference=reference_inference)
+
+    # ------------------------------------------------------------------ the passes (public, each on its own)
+
     def first_pass(self, faces: torch.Tensor, target_ages: int | Sequence[int], source_ages: int | Sequence[int],
                    genders: str | Sequence[str], seed: int | Sequence[int] = 0, strength: float | None = None,
                    callback: StepCallback | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                   _progress: _Progress | None = None) -> FirstPassOutput:
+                   reference_inference: bool = False) -> FirstPassOutput:
         """AdaNI: img2img with the LoRA off, prompted with the target age and gender."""
         faces = self.prepare_faces(faces)
-        plan = self._plan(faces.shape[0], target_ages, source_ages, genders, seed, strength)
-        progress = _progress or _Progress(self._pass1_steps(plan["strengths"], batch_size), callback)
-        encoded = self._encode(faces, batch_size)
-        prompts = [aging_prompt(t, g) for t, g in zip(plan["target_ages"], plan["genders"])]
-        embeds, pooled = self._encode_prompts(prompts)
-        generators = [torch.Generator("cpu").manual_seed(s) for s in plan["seeds"]]
-        latents: list[torch.Tensor | None] = [None] * len(prompts)
-        with lora_enabled(self.pipe.unet, False):
-            for group_strength, chunk in self._chunks(plan["strengths"], batch_size):
-                out = self.sampler.run(encoded, [plan["source_index"][i] for i in chunk], group_strength,
-                                       embeds[chunk], pooled[chunk], [generators[i] for i in chunk], progress)
-                for i, row in zip(chunk, out):
-                    latents[i] = row
-        aged = self._decode(torch.stack(latents), batch_size)
-        return FirstPassOutput(aged=aged, pooled_embeds=pooled.cpu(), **plan)
+        plan = self.plan(faces, target_ages, source_ages, genders, seed, strength, reference_inference=reference_inference)
+        batch_size = check_batch_size(batch_size)
+        with self._lock, torch.no_grad():
+            sampler = self.sampler
+            progress = Progress(sampler.unet_calls(plan.strengths, batch_size), callback)
+            aged, pooled = self._first_pass(sampler, faces, plan, batch_size, progress)
+        return FirstPassOutput(aged=aged.float().cpu(), pooled_embeds=pooled.cpu(), plan=plan)
 
-    def _plan(self, count, target_ages, source_ages, genders, seed, strength) -> dict:
-        targets = [check_age(t, "target age") for t in _as_list(target_ages)]
-        if not targets:
-            raise ValueError("give at least one target age")
-        sources = [check_age(a, f"source age of face {i}") for i, a in enumerate(_per_face(source_ages, count, "source ages"))]
-        gender = [check_gender(g, f"gender of face {i}") for i, g in enumerate(_per_face(genders, count, "genders"))]
-        seeds = [int(s) for s in _per_face(seed, count, "seeds")]
-        if strength is not None:
-            strength = check_strength(strength, self.settings.infer_step, "strength override")
-        plan = {k: [] for k in ("source_index", "source_ages", "target_ages", "genders", "strengths", "seeds")}
-        for b in range(count):
-            for t in targets:
-                plan["source_index"].append(b)
-                plan["source_ages"].append(sources[b])
-                plan["target_ages"].append(t)
-                plan["genders"].append(gender[b])
-                plan["strengths"].append(strength if strength is not None else self.strength_for(sources[b], t))
-                plan["seeds"].append(seeds[b])
-        return plan
-
-    @staticmethod
-    def _chunks(strengths: Sequence[float], batch_size: int):
-        """Item indices grouped by strength (in first-seen order), cut to ``batch_size``."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for value in dict.fromkeys(strengths):
-            items = [i for i, s in enumerate(strengths) if s == value]
-            for start in range(0, len(items), batch_size):
-                yield value, items[start:start + batch_size]
-
-    def _pass1_steps(self, strengths: Sequence[float], batch_size: int) -> int:
-        return sum(unet_evaluations(s, self.settings.infer_step) for s, _ in self._chunks(strengths, batch_size))
-
-    @torch.no_grad()
-    def _encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        unique = list(dict.fromkeys(prompts))
-        embeds, _, pooled, _ = self.pipe.encode_prompt(unique, device=self.device, num_images_per_prompt=1,
-                                                       do_classifier_free_guidance=False)
-        index = torch.tensor([unique.index(p) for p in prompts], device=embeds.device)
-        return embeds[index], pooled[index]
-
-    def _encode(self, images: torch.Tensor, batch_size: int) -> EncodedImages:
-        """VAE posteriors in chunks of ``batch_size``: bounded activation memory for long sweeps."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        parts = [self.sampler.encode(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
-        if len(parts) == 1:
-            return parts[0]
-        return EncodedImages(torch.cat([p.mean for p in parts]), torch.cat([p.std for p in parts]))
-
-    @torch.no_grad()
-    def _decode(self, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
-        return torch.cat([self.sampler.decode(latents[i:i + batch_size]).cpu()
-                          for i in range(0, latents.shape[0], batch_size)])
-
-    # ------------------------------------------------------------------ identity embedding
-
-    @torch.no_grad()
     def identity_embeddings(self, faces: torch.Tensor, first: FirstPassOutput, aged: torch.Tensor | None = None,
                             use_swr: bool | None = None, clip_method: str | None = None,
                             swr_alpha: float | None = None, swr_beta: float | None = None) -> torch.Tensor:
-        """Pass-2 conditioning [N, 2, D]: the SVR-ArcFace token and the Rotate-CLIP token."""
-        s = self.settings
-        use_swr = s.use_swr if use_swr is None else use_swr
-        clip_method = clip_method or s.clip_map_model
+        """Pass-2 conditioning [N, 2, D]: the SVR-ArcFace token and the Rotate-CLIP token (inference;
+        training uses ``IdentityEncoder`` with gradients)."""
         faces = self.prepare_faces(faces)
-        aged = self.prepare_faces(first.aged if aged is None else aged)
-        if aged.shape[0] != len(first):
-            raise ValueError(f"aged images: got {aged.shape[0]} for {len(first)} pass-1 items")
-        if max(first.source_index) >= faces.shape[0]:
-            raise ValueError(f"pass 1 was run on {max(first.source_index) + 1} faces, got {faces.shape[0]} source faces")
-        index = torch.tensor(first.source_index)
-        source_hidden = arcface_hidden_state(self.arcface, faces).float()[index.to(self.device)]
-        if use_swr:
-            aged_hidden = arcface_hidden_state(self.arcface, aged).float()
-            face_feat = svr_arcface(torch.stack([source_hidden, aged_hidden], dim=1),
-                                    s.swr_alpha if swr_alpha is None else swr_alpha,
-                                    s.swr_beta if swr_beta is None else swr_beta)
-        else:
-            face_feat = source_hidden
-        face_token = self.face_projector(face_feat.to(self.dtype)).unsqueeze(1)
-        image_feat = self.clip.image(faces)[index.to(self.clip.device)]
-        source_text = self.clip.text([age_text(a) for a in first.source_ages])
-        target_text = self.clip.text([age_text(a) for a in first.target_ages])
-        clip_feat = rotate_clip(image_feat, source_text, target_text, clip_method)
-        clip_token = self.clip_projector(clip_feat.to(self.device, self.dtype)).unsqueeze(1)
-        return torch.cat([face_token, clip_token], dim=1)
+        aged = self._aged_input(first, aged)
+        if faces.shape[0] < first.plan.faces:
+            raise ValueError(f"pass 1 was run on {first.plan.faces} faces, got {faces.shape[0]} source faces")
+        with self._lock, torch.no_grad():
+            return self._condition(faces, aged, first.plan, use_swr=use_swr, clip_method=clip_method,
+                                   swr_alpha=swr_alpha, swr_beta=swr_beta)
 
-    # ------------------------------------------------------------------ pass 2
-
-    @torch.no_grad()
     def second_pass(self, first: FirstPassOutput, conditioning: torch.Tensor, aged: torch.Tensor | None = None,
                     seed: int | Sequence[int] | None = None, id_strength: float | None = None,
-                    callback: StepCallback | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                    _progress: _Progress | None = None) -> torch.Tensor:
-        """Identity pass: img2img on the aged images with the LoRA on, conditioned on identity."""
+                    callback: StepCallback | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+        """Identity pass: img2img on the aged images with the LoRA on, conditioned on identity.
+        ``seed`` (one, or one per item) defaults to pass 1's; pass 2 draws fresh noise from it."""
         id_strength = check_strength(self.settings.id_strength if id_strength is None else id_strength,
                                      self.settings.infer_step, "id_strength")
-        aged = self.prepare_faces(first.aged if aged is None else aged)
+        aged = self._aged_input(first, aged)
         count = len(first)
-        if aged.shape[0] != count or conditioning.shape[0] != count:
-            raise ValueError(f"second pass: {aged.shape[0]} aged images and {conditioning.shape[0]} identity "
-                             f"embeddings for {count} pass-1 items; they must match")
-        seeds = first.seeds if seed is None else _per_face(seed, count, "seeds") if isinstance(seed, (list, tuple)) \
-            else [int(seed)] * count
-        steps = unet_evaluations(id_strength, self.settings.infer_step)
-        progress = _progress or _Progress(steps * -(-count // batch_size), callback)
-        encoded = self._encode(aged, batch_size)
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        outputs = []
-        with lora_enabled(self.pipe.unet, True):
-            for start in range(0, count, batch_size):
-                chunk = list(range(start, min(count, start + batch_size)))
-                outputs.append(self.sampler.run(encoded, chunk, id_strength, conditioning[chunk],
-                                                first.pooled_embeds[chunk], [generators[i] for i in chunk], progress))
-        return self._decode(torch.cat(outputs), batch_size)
+        if conditioning.shape[0] != count:
+            raise ValueError(f"second pass: {conditioning.shape[0]} identity embeddings for {count} pass-1 items; "
+                             f"they must match")
+        seeds = first.seeds if seed is None else [check_seed(s, "seed") for s in per_face(seed, count, "seeds")]
+        batch_size = check_batch_size(batch_size)
+        with self._lock, torch.no_grad():
+            sampler = self.sampler
+            progress = Progress(sampler.unet_calls([id_strength] * count, batch_size), callback)
+            images = self._second_pass(sampler, aged, conditioning, first.pooled_embeds, seeds, id_strength,
+                                       batch_size, progress, first.plan.reference_inference)
+        return images.float().cpu()
 
     # ------------------------------------------------------------------ all together
 
     def __call__(self, faces: torch.Tensor, target_ages: int | Sequence[int], source_ages: int | Sequence[int],
                  genders: str | Sequence[str], seed: int | Sequence[int] = 0, strength: float | None = None,
                  id_strength: float | None = None, callback: StepCallback | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> AgingResult:
-        """Age aligned faces [B,3,H,W] (0..1) to each target age; both passes use ``seed``."""
+                 batch_size: int = DEFAULT_BATCH_SIZE, reference_inference: bool = False) -> AgingResult:
+        """Age aligned faces [B,3,H,W] (0..1) to each target age; ``seed`` fixes both passes.
+        ``reference_inference`` reproduces the reference inference script (see ``method.reference``)."""
         faces = self.prepare_faces(faces)
-        id_strength = check_strength(self.settings.id_strength if id_strength is None else id_strength,
-                                     self.settings.infer_step, "id_strength")
-        plan = self._plan(faces.shape[0], target_ages, source_ages, genders, seed, strength)
-        count = len(plan["strengths"])
-        total = self._pass1_steps(plan["strengths"], batch_size) + \
-            unet_evaluations(id_strength, self.settings.infer_step) * -(-count // batch_size)
-        progress = _Progress(total, callback)
-        first = self.first_pass(faces, target_ages, source_ages, genders, seed, strength,
-                                batch_size=batch_size, _progress=progress)
-        conditioning = self.identity_embeddings(faces, first)
-        images = self.second_pass(first, conditioning, id_strength=id_strength, batch_size=batch_size,
-                                  _progress=progress)
-        return AgingResult(images=images, aged=first.aged, source_index=first.source_index,
-                           source_ages=first.source_ages, target_ages=first.target_ages, genders=first.genders,
-                           strengths=first.strengths, id_strength=id_strength, seeds=first.seeds)
+        plan = self.plan(faces, target_ages, source_ages, genders, seed, strength, id_strength, reference_inference)
+        return self._run(faces, plan, callback, batch_size)
+
+    def run(self, faces: torch.Tensor, plan: AgingPlan, callback: StepCallback | None = None,
+            batch_size: int = DEFAULT_BATCH_SIZE) -> AgingResult:
+        """Both passes for a plan made by ``plan`` (the faces are checked as by ``__call__``)."""
+        return self._run(self.prepare_faces(faces), plan, callback, batch_size)
+
+    def _run(self, faces: torch.Tensor, plan: AgingPlan, callback: StepCallback | None,
+             batch_size: int) -> AgingResult:
+        if faces.shape[0] != plan.faces:
+            raise ValueError(f"the plan is for {plan.faces} faces, got {faces.shape[0]}")
+        batch_size = check_batch_size(batch_size)
+        count = len(plan)
+        with self._lock, torch.no_grad():
+            sampler = self.sampler
+            total = sampler.unet_calls(plan.strengths, batch_size) + \
+                sampler.unet_calls([plan.id_strength] * count, batch_size)
+            progress = Progress(total, callback)
+            faces = faces.to(sampler.device)
+            aged, pooled = self._first_pass(sampler, faces, plan, batch_size, progress)
+            conditioning = self._condition(faces, aged, plan)
+            images = self._second_pass(sampler, aged, conditioning, pooled, plan.seeds, plan.id_strength,
+                                       batch_size, progress, plan.reference_inference)
+        return AgingResult(images=images.float().cpu(), aged=aged.float().cpu(), source_index=list(plan.source_index),
+                           source_ages=list(plan.source_ages), target_ages=list(plan.target_ages),
+                           genders=list(plan.genders), strengths=list(plan.strengths), id_strength=plan.id_strength,
+                           seeds=list(plan.seeds))
+
+    # ------------------------------------------------------------------ the work (under the lock, no grad)
+
+    def _first_pass(self, sampler: Img2ImgSampler, faces: torch.Tensor, plan: AgingPlan, batch_size: int,
+                    progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aged images (on the device, VAE dtype; 8-bit values with ``reference_inference``) and the
+        pooled prompt embeddings pass 2 reuses."""
+        encoded = self._encode(sampler, faces, batch_size)
+        prompts = [aging_prompt(t, g) for t, g in zip(plan.target_ages, plan.genders)]
+        embeds, pooled = encode_prompts(self.pipe, prompts, sampler.device)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in plan.seeds]
+        with lora_enabled(self.pipe.unet, False):
+            latents = sampler.run(encoded, plan.source_index, plan.strengths, embeds, pooled, generators, progress,
+                                  batch_size)
+        aged = self._decode(sampler, latents, batch_size, "pass 1 (AdaNI)")
+        return (quantise_8bit(aged) if plan.reference_inference else aged), pooled
+
+    def _condition(self, faces: torch.Tensor, aged: torch.Tensor, plan: AgingPlan, **overrides) -> torch.Tensor:
+        conditioning = self.identity(faces, aged, plan.source_index, plan.source_ages, plan.target_ages,
+                                     reference_inference=plan.reference_inference, **overrides)
+        return check_finite(conditioning, "the identity embedding (SVR-ArcFace/Rotate-CLIP)")
+
+    def _second_pass(self, sampler: Img2ImgSampler, aged: torch.Tensor, conditioning: torch.Tensor,
+                     pooled: torch.Tensor, seeds: Sequence[int], id_strength: float, batch_size: int,
+                     progress: Progress, reference_inference: bool) -> torch.Tensor:
+        encoded = self._encode(sampler, aged, batch_size)
+        generators = [torch.Generator("cpu").manual_seed(second_pass_seed(s)) for s in seeds]
+        unet = self.pipe.unet
+        # Folding the LoRA in needs the weights resident; under offload it stays a separate branch.
+        with (lora_fused(unet) if self.offload is None else lora_enabled(unet, True)):
+            latents = sampler.run(encoded, range(len(seeds)), id_strength, conditioning, pooled, generators,
+                                  progress, batch_size)
+        images = self._decode(sampler, latents, batch_size, "pass 2 (identity)")
+        return quantise_8bit(images) if reference_inference else images
+
+    def _aged_input(self, first: FirstPassOutput, aged: torch.Tensor | None) -> torch.Tensor:
+        """Pass 1's aged images, or a caller's replacement (checked; 8-bit under reference inference)."""
+        if aged is None:
+            return first.aged
+        aged = self.prepare_faces(aged)
+        if aged.shape[0] != len(first):
+            raise ValueError(f"aged images: got {aged.shape[0]} for {len(first)} pass-1 items")
+        return quantise_8bit(aged) if first.plan.reference_inference else aged
+
+    @staticmethod
+    def _encode(sampler: Img2ImgSampler, images: torch.Tensor, batch_size: int) -> EncodedImages:
+        """VAE posteriors in chunks of ``batch_size``: bounded activation memory for long sweeps."""
+        return EncodedImages.cat([sampler.encode(images[i:i + batch_size])
+                                  for i in range(0, images.shape[0], batch_size)])
+
+    @staticmethod
+    def _decode(sampler: Img2ImgSampler, latents: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
+        check_finite(latents, what)
+        images = torch.cat([sampler.decode(latents[i:i + batch_size]) for i in range(0, latents.shape[0], batch_size)])
+        return check_finite(images, f"{what}, VAE decode")

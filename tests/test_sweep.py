@@ -88,16 +88,36 @@ def test_sweep_equals_item_by_item(tiny_model, face, item_by_item, batch_size):
     calls = len(spy.rows["unet"])
     assert {total for _, total in reports} == {calls}
     assert [step for step, _ in reports] == list(range(1, calls + 1))
+    # One UNet call per denoising step carries every strength active at that step, cut only by
+    # batch_size: pass 1 costs sum over steps of ceil(active / batch_size) calls.
     steps = tiny_model.settings.infer_step
-    groups = defaultdict(int)
-    for age in AGES:
-        groups[tiny_model.strength_for(SOURCE_AGE, age)] += 1
-    expected = sum(math.ceil(n / batch_size) * unet_evaluations(s, steps) for s, n in groups.items())
-    expected += math.ceil(len(AGES) / batch_size) * unet_evaluations(tiny_model.settings.id_strength, steps)
-    assert calls == expected
+    evaluations = [unet_evaluations(tiny_model.strength_for(SOURCE_AGE, age), steps) for age in AGES]
+    active = [sum(1 for e in evaluations if e >= steps - k) for k in range(steps)]
+    pass_two = math.ceil(len(AGES) / batch_size) * unet_evaluations(tiny_model.settings.id_strength, steps)
+    assert calls == sum(math.ceil(n / batch_size) for n in active) + pass_two
     assert max(spy.rows["unet"]) <= batch_size
-    per_item = [unet_evaluations(tiny_model.strength_for(SOURCE_AGE, a), steps) + 1 for a in AGES]
-    assert sum(spy.rows["unet"]) == single_rows == sum(per_item)
+    assert sum(spy.rows["unet"]) == single_rows == sum(e + 1 for e in evaluations)
+
+
+def _calls_grouped_by_strength(strengths, batch_size, steps):
+    """UNet calls when every strength group is denoised on its own (chunks never mix strengths)."""
+    groups = defaultdict(int)
+    for s in strengths:
+        groups[s] += 1
+    return sum(math.ceil(n / batch_size) * unet_evaluations(s, steps) for s, n in groups.items())
+
+
+@pytest.mark.parametrize("batch_size, pass_one_calls", [(8, 6), (20, 3)])
+def test_one_unet_call_per_step_across_strengths(tiny_model, face, batch_size, pass_one_calls):
+    """Pass 1 of the 20-age sweep: with batch_size >= 20 every step is one call (3 steps for 0.75,
+    the longest strength here); with 8 it is ceil(active / 8) per step, fewer than denoising each
+    strength group on its own."""
+    strengths = [tiny_model.strength_for(SOURCE_AGE, age) for age in AGES]
+    with spy_on(tiny_model) as spy:
+        tiny_model.first_pass(face, AGES, SOURCE_AGE, GENDER, seed=SEED, batch_size=batch_size)
+    assert len(spy.rows["unet"]) == pass_one_calls
+    assert pass_one_calls < _calls_grouped_by_strength(strengths, batch_size, tiny_model.settings.infer_step)
+    assert tiny_model.sampler.unet_calls(strengths, batch_size) == pass_one_calls
 
 
 def test_two_face_sweep_equals_item_by_item(tiny_model, faces):

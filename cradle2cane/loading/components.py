@@ -14,11 +14,12 @@ import torch
 from . import paths as W
 from .state_dicts import check_shapes, load_pickle_state_dict, load_state_dict_file
 from ..method.arcface import IResNet, iresnet_from_state_dict, network_name
+from ..method.lora import LORA_ADAPTER, tuner_layers
 from ..method.projectors import ProjectorMLP, expected_shapes, projector_from_state_dict
 
 logger = logging.getLogger(__name__)
 
-LORA_ADAPTER = "cradle2cane"
+__all__ = ["LORA_ADAPTER", "load_arcface", "load_base", "load_clip", "load_lora", "load_projector"]
 
 
 def load_clip(folder: Path, dtype: torch.dtype):
@@ -82,13 +83,11 @@ def _second_tokenizer(tokenizer):
 
 
 def load_lora(pipe, path: Path) -> None:
-    from ..method.lora import _tuner_layers
-
     try:
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise W.mismatch(path, f"cannot be loaded as an SDXL UNet LoRA ({exc})", W.source_of(W.C2C_DIR)) from exc
-    if not _tuner_layers(pipe.unet):
+    if not tuner_layers(pipe.unet):
         raise W.mismatch(path, "holds no UNet LoRA weights (expected diffusers/PEFT keys unet.*.lora_A/lora_B)",
                          W.source_of(W.C2C_DIR))
 

@@ -82,13 +82,25 @@ class IResNet(nn.Module):
         return self.features(self.fc(self.dropout(self.hidden_state(x))))
 
 
-def arcface_hidden_state(net: IResNet, images: torch.Tensor) -> torch.Tensor:
-    """Hidden state of 0..1 images of any size, resized as in training (bilinear, no antialias)."""
+def arcface_input(images: torch.Tensor, reference_inference: bool = False) -> torch.Tensor:
+    """0..1 images of any size -> the network's 112x112 input in -1..1 (float32): resized as in
+    training (torch bilinear, no antialias), or with ``reference_inference`` as the reference
+    inference script did (8-bit, PIL's antialiased bilinear resize)."""
+    if reference_inference:
+        from .reference import arcface_pixels
+
+        x = arcface_pixels(images, ARCFACE_INPUT_SIZE)
+    else:
+        x = F.interpolate(images.float(), size=(ARCFACE_INPUT_SIZE, ARCFACE_INPUT_SIZE), mode="bilinear",
+                          align_corners=False, antialias=False)
+    return (x - 0.5) / 0.5
+
+
+def arcface_hidden_state(net: IResNet, images: torch.Tensor, reference_inference: bool = False) -> torch.Tensor:
+    """Hidden state of 0..1 images of any size (see ``arcface_input``)."""
     param = next(net.parameters())
-    x = images.to(device=param.device, dtype=param.dtype)
-    x = F.interpolate(x, size=(ARCFACE_INPUT_SIZE, ARCFACE_INPUT_SIZE), mode="bilinear",
-                      align_corners=False, antialias=False)
-    return net.hidden_state((x - 0.5) / 0.5)
+    x = arcface_input(images.to(param.device), reference_inference)
+    return net.hidden_state(x.to(param.dtype))
 
 
 def arcface_embedding(net: IResNet, images: torch.Tensor) -> torch.Tensor:

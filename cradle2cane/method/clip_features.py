@@ -68,8 +68,16 @@ class ClipFeatures:
         return next(self.model.parameters()).dtype
 
     @torch.no_grad()
-    def image(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self.preprocess(images.to(self.device)).to(self.dtype)
+    def image(self, images: torch.Tensor, reference_inference: bool = False) -> torch.Tensor:
+        """Image features of 0..1 images; ``reference_inference`` feeds CLIP as the reference
+        inference script did (8-bit, PIL resize, 0..255 values into the normaliser)."""
+        p = self.preprocess
+        if reference_inference:
+            from .reference import clip_pixels
+
+            pixels = clip_pixels(images, p.size, p.crop, p.mean, p.std).to(self.device, self.dtype)
+        else:
+            pixels = p(images.to(self.device)).to(self.dtype)
         return F.normalize(_features(self.model.get_image_features(pixel_values=pixels)).float(), dim=-1)
 
     @torch.no_grad()

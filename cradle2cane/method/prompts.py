@@ -30,3 +30,16 @@ def check_gender(gender: str, what: str = "gender") -> str:
 
 def age_text(age: int) -> str:
     return f"{age} years old"
+
+
+def encode_prompts(pipe, prompts, device):
+    """SDXL prompt embeddings [N,77,D] and pooled embeddings [N,P] for ``prompts`` (each distinct
+    prompt encoded once), with both text encoders of ``pipe`` as diffusers encodes them (no CFG).
+    Gradients follow torch's grad mode (training keeps the text encoders frozen)."""
+    import torch
+
+    unique = list(dict.fromkeys(prompts))
+    embeds, _, pooled, _ = pipe.encode_prompt(unique, device=device, num_images_per_prompt=1,
+                                              do_classifier_free_guidance=False)
+    index = torch.tensor([unique.index(p) for p in prompts], device=embeds.device)
+    return embeds[index], pooled[index]

@@ -37,18 +37,17 @@ def build_full_size_model(device: str = "cuda", dtype=None, seed: int = 0, lora_
     import torch
     from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
                            UNet2DConditionModel)
-    from peft import LoraConfig
     from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from ..method.arcface import IRESNET_LAYERS, IResNet
     from ..method.clip_features import ClipFeatures, ClipPreprocess
-    from ..loading.components import LORA_ADAPTER
+    from ..method.lora import add_lora
     from ..pipeline import Cradle2Cane
     from ..method.projectors import ProjectorMLP
     from ..loading.settings import Settings
     from ..loading.single_file import SDXL_TURBO_CONFIG_DIR as CONFIGS
     from ..runtime.precision import default_dtype
-    from .tiny import LORA_TARGETS, write_tokenizer
+    from .tiny import write_tokenizer
 
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
@@ -68,12 +67,7 @@ def build_full_size_model(device: str = "cuda", dtype=None, seed: int = 0, lora_
         cross = int(unet.config.cross_attention_dim)
         face_projector = ProjectorMLP(arcface.hidden_dim, cross)
         clip_projector = ProjectorMLP(int(clip.config.projection_dim), cross)
-        unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
-                                    target_modules=list(LORA_TARGETS)), adapter_name=LORA_ADAPTER)
-        with torch.no_grad():
-            for name, param in unet.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0.0, 0.01)
+        add_lora(unet, lora_rank, lora_rank, b_std=0.01)
     scheduler = EulerAncestralDiscreteScheduler.from_config(
         EulerAncestralDiscreteScheduler.load_config(str(CONFIGS / "scheduler")))
     modules = (unet, vae, text_encoder, text_encoder_2, clip, arcface, face_projector, clip_projector)

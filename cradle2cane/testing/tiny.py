@@ -20,12 +20,12 @@ import torch
 
 from ..files.atomic import atomic_path
 from ..loading import paths as W
+from ..method.lora import add_lora
 
 logger = logging.getLogger(__name__)
 
 TINY_RESOLUTION = 128
 LORA_RANK, LORA_ALPHA = 4, 8
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
@@ -103,16 +103,10 @@ def build_base(vocab_size: int, seed: int):
 def build_lora_state(unet, seed: int) -> tuple[dict[str, torch.Tensor], dict]:
     """A non-zero PEFT LoRA on the UNet attention projections, as diffusers saves it."""
     from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
-    unet.add_adapter(config)
     _seeded(seed, 5)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.05)
+    config = add_lora(unet, LORA_RANK, LORA_ALPHA, adapter_name="default", b_std=0.05)
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     state = {k: v.detach().clone().contiguous() for k, v in state.items()}
     unet.delete_adapters("default")
