@@ -15,16 +15,18 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 __all__ = [
-    "AgingResult", "Cradle2Cane", "FirstPassOutput", "ModelFileError", "ModelPaths", "PhotoAgingResult",
-    "Settings", "SettingsError", "__version__", "adani_strength", "age_photo", "aging_prompt", "lora_enabled",
-    "rotate_clip", "slerp", "svr_arcface", "write_tiny_models",
+    "AgingPlan", "AgingResult", "Cradle2Cane", "FirstPassOutput", "ModelFileError", "ModelPaths",
+    "NonFiniteResultError", "PhotoAgingResult", "Settings", "SettingsError", "__version__", "adani_strength",
+    "age_photo", "aging_prompt", "lora_enabled", "rotate_clip", "slerp", "svr_arcface", "write_tiny_models",
 ]
 
 
 def __getattr__(name: str):
     """Import the module that defines ``name`` on first use (PEP 562), so the package stays cheap."""
-    if name in ("Cradle2Cane", "AgingResult", "FirstPassOutput"):
+    if name in ("Cradle2Cane", "AgingResult", "FirstPassOutput", "NonFiniteResultError"):
         from . import pipeline as module
+    elif name == "AgingPlan":
+        from .method import plan as module
     elif name in ("age_photo", "PhotoAgingResult"):
         from . import photo as module
     elif name == "adani_strength":
@@ -56,5 +58,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .method.lora import lora_enabled
     from .method.prompts import aging_prompt
     from .photo import PhotoAgingResult, age_photo
-    from .pipeline import AgingResult, Cradle2Cane, FirstPassOutput
+    from .method.plan import AgingPlan
+    from .pipeline import AgingResult, Cradle2Cane, FirstPassOutput, NonFiniteResultError
     from .testing.tiny import write_tiny_models

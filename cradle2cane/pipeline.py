@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .loading import paths as W
 from .loading.components import load_arcface, load_base, load_clip, load_lora, load_projector
@@ -25,10 +24,11 @@ from .method.arcface import IResNet
 from .method.clip_features import ClipFeatures, ClipPreprocess
 from .method.conditioning import IdentityEncoder
 from .method.lora import lora_enabled, lora_fused
-from .method.plan import AgingPlan, check_seed, make_plan, per_face, second_pass_seed
+from .method.plan import AgingPlan, check_batch_size, check_faces, make_plan, per_face, second_pass_seed
 from .method.projectors import ProjectorMLP
 from .method.prompts import aging_prompt, encode_prompts
 from .method.reference import quantise_8bit
+from .method.seeds import check_seed
 from .method.sampler import EncodedImages, Img2ImgSampler, Progress, StepCallback
 from .runtime.precision import resolve_dtype
 
@@ -73,12 +73,6 @@ class AgingResult:
     strengths: list[float]
     id_strength: float
     seeds: list[int] = field(default_factory=list)
-
-
-def check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-    return batch_size
 
 
 def check_finite(values: torch.Tensor, what: str) -> torch.Tensor:
@@ -225,27 +219,7 @@ class Cradle2Cane:
     def prepare_faces(self, images: torch.Tensor) -> torch.Tensor:
         """Check a [B,3,H,W] 0..1 batch; centre-crop non-square and resize to the model's size
         (with a warning: the model expects FFHQ-aligned faces at its training resolution)."""
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"faces must be a [B,3,H,W] tensor of RGB images in 0..1, got {shape}")
-        if images.shape[0] == 0:
-            raise ValueError("faces: the batch is empty")
-        images = images.float()
-        if not torch.isfinite(images).all():
-            raise ValueError("faces contain NaN or infinite values")
-        if images.min() < -1e-3 or images.max() > 1 + 1e-3:
-            raise ValueError(f"faces must be in 0..1, got values in {images.min():.3g}..{images.max():.3g}")
-        _, _, h, w = images.shape
-        if h != w:
-            side = min(h, w)
-            logger.warning("faces are %dx%d, not square: centre-cropping to %dx%d", w, h, side, side)
-            top, left = (h - side) // 2, (w - side) // 2
-            images = images[:, :, top:top + side, left:left + side]
-        size = self.resolution
-        if images.shape[-1] != size:
-            logger.warning("faces are %dpx, the model works at %dpx: resizing", images.shape[-1], size)
-            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return images.clamp(0, 1)
+        return check_faces(images, self.resolution)
 
     def strength_for(self, source_age: int, target_age: int) -> float:
         s = self.settings
@@ -267,7 +241,8 @@ class Cradle2Cane:
                    reference_inference: bool = False) -> FirstPassOutput:
         """AdaNI: img2img with the LoRA off, prompted with the target age and gender."""
         faces = self.prepare_faces(faces)
-        plan = self.plan(faces, target_ages, source_ages, genders, seed, strength, reference_inference=reference_inference)
+        plan = self.plan(faces, target_ages, source_ages, genders, seed, strength,
+                         reference_inference=reference_inference)
         batch_size = check_batch_size(batch_size)
         with self._lock, torch.no_grad():
             sampler = self.sampler
@@ -373,13 +348,22 @@ class Cradle2Cane:
                      progress: Progress, reference_inference: bool) -> torch.Tensor:
         encoded = self._encode(sampler, aged, batch_size)
         generators = [torch.Generator("cpu").manual_seed(second_pass_seed(s)) for s in seeds]
-        unet = self.pipe.unet
-        # Folding the LoRA in needs the weights resident; under offload it stays a separate branch.
-        with (lora_fused(unet) if self.offload is None else lora_enabled(unet, True)):
+        with self._identity_lora():
             latents = sampler.run(encoded, range(len(seeds)), id_strength, conditioning, pooled, generators,
                                   progress, batch_size)
         images = self._decode(sampler, latents, batch_size, "pass 2 (identity)")
         return quantise_8bit(images) if reference_inference else images
+
+    def _identity_lora(self):
+        """Pass 2's LoRA, folded into the weights (one matmul per projection), except when the model
+        saves memory over speed (VAE slicing: the low-vram mode): folding holds a copy of the
+        attention weights (1.8 GiB in fp16 at full size) while the pass runs."""
+        unet = self.pipe.unet
+        if getattr(self.pipe.vae, "use_slicing", False):
+            return lora_enabled(unet, True)
+        if self.offload is not None:
+            self.offload.load("unet")  # fold where the weights will run
+        return lora_fused(unet)
 
     def _aged_input(self, first: FirstPassOutput, aged: torch.Tensor | None) -> torch.Tensor:
         """Pass 1's aged images, or a caller's replacement (checked; 8-bit under reference inference)."""

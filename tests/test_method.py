@@ -127,3 +127,24 @@ def test_iresnet_built_from_state_dict_and_hidden_state():
     assert torch.allclose(net.hidden_state((x - 0.5) / 0.5), hidden)
     with pytest.raises(KeyError, match="iResNet"):
         iresnet_from_state_dict({"conv1.weight": torch.zeros(1)})
+
+
+def test_plan_lays_out_items_face_by_face_and_validates_once():
+    from cradle2cane import Settings
+    from cradle2cane.method.plan import make_plan, second_pass_seed
+
+    plan = make_plan(2, [5, 70], [20, 40], ["m", "female"], Settings(), seed=[3, 2**64 - 1])
+    assert len(plan) == 4 and plan.faces == 2
+    assert plan.source_index == [0, 0, 1, 1] and plan.target_ages == [5, 70, 5, 70]
+    assert plan.genders == ["male", "male", "female", "female"] and plan.seeds == [3, 3, 2**64 - 1, 2**64 - 1]
+    assert plan.strengths == [0.5, 0.75, 0.75, 0.5] and plan.id_strength == 0.25
+    assert make_plan(1, 70, 20, "male", Settings(), strength=0.5).strengths == [0.5]
+    for kwargs, match in [({"seed": -1}, "seed of face 0"), ({"seed": 2**64}, "0..2\\*\\*64-1"),
+                          ({"seed": 1.5}, "whole number"), ({"id_strength": 0.1}, "id_strength"),
+                          ({"target_ages": []}, "at least one target age"), ({"source_ages": [1, 2]}, "2 values")]:
+        request = {"target_ages": 70, "source_ages": 20, "seed": 0, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            make_plan(1, request.pop("target_ages"), request.pop("source_ages"), "male", Settings(), **request)
+    # Pass 2's seed: 64-bit, fixed by the seed, different from it (fresh noise).
+    assert all(0 <= second_pass_seed(s) < 2**64 and second_pass_seed(s) != s for s in (0, 1, 2**64 - 1))
+    assert second_pass_seed(7) == second_pass_seed(7) != second_pass_seed(8)

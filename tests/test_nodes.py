@@ -589,8 +589,9 @@ def test_progress_bar_follows_the_unet_steps(comfy, model, aligned, monkeypatch)
     crops, faces = aligned
     run(comfy, "C2C_LifespanSweep", model=model, image=crops[:1], start_age=20, end_age=80, step=60, ages="",
         source_age=20, gender="male", faces=None, seed=0, id_strength=0.0)
-    # ages 20 (gap 0: 1 step) and 80 (gap 60: 3 steps) in pass 1, then one identity step for the batch
-    assert updates == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+    # ages 20 (gap 0: 1 step) and 80 (gap 60: 3 steps) in pass 1, one UNet call per step carrying
+    # both at the last step, then one identity step for the batch
+    assert updates == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 @pytest.mark.parametrize("node_id", ["C2C_AdaNIFirstPass", "C2C_LifespanSweep", "C2C_AgePhoto"])

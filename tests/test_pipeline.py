@@ -51,17 +51,22 @@ def test_lora_switch_restores_state_even_on_error(tiny_model):
     assert lora_is_enabled(unet)
 
 
-def test_interrupt_mid_pass_restores_lora(tiny_model, faces):
+@pytest.mark.parametrize("stop_at", ["first", "last"])  # in pass 1 (LoRA off), in pass 2 (LoRA folded in)
+def test_interrupt_mid_pass_restores_lora(tiny_model, faces, stop_at):
     class Interrupted(Exception):
         pass
 
     def cancel(step, total):
-        raise Interrupted
+        if stop_at == "first" or step == total:
+            raise Interrupted
 
+    weights = {k: v.clone() for k, v in tiny_model.pipe.unet.state_dict().items()}
     with pytest.raises(Interrupted):
         tiny_model(faces[:1], 70, 20, "male", callback=cancel)
     assert lora_is_enabled(tiny_model.pipe.unet)
     assert all(not layer.disable_adapters for layer in _lora_layers(tiny_model.pipe.unet))
+    after = tiny_model.pipe.unet.state_dict()
+    assert weights.keys() == after.keys() and all(torch.equal(weights[k], after[k]) for k in weights)
 
 
 def test_lora_changes_the_unet_and_pass_two_turns_it_on(tiny_model, faces):
@@ -251,3 +256,196 @@ def test_unsafe_or_corrupt_pickles_are_refused(tiny_models, tmp_path):
     (broken / "backbone.pth").write_bytes(pickle.dumps({"conv1.weight": Sneaky()}))
     with pytest.raises(ModelFileError, match="weights-only"):
         Cradle2Cane.from_pretrained(broken, device="cpu")
+
+
+# ----------------------------------------------------------------------------- reference inference
+
+
+def _pil(image: torch.Tensor):
+    """diffusers' tensor -> PIL conversion (numpy_to_pil): round(x * 255) as uint8."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def _from_pil(image) -> torch.Tensor:
+    """diffusers/torchvision ToTensor of a PIL image: uint8 / 255 in float32, [1,3,H,W]."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(image).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def _script_conditioning(model, source_pil, aged_pil, source_age, target_age):
+    """The reference inference script's identity embedding, step by step (one item)."""
+    import numpy as np
+    from PIL import Image
+
+    from cradle2cane import rotate_clip, svr_arcface
+    from cradle2cane.method.clip_features import _features
+
+    s = model.settings
+    # ArcFace: torchvision transforms.Resize(112) on a PIL image (PIL bilinear), ToTensor, Normalize(0.5, 0.5).
+    hidden = [model.arcface.hidden_state((_from_pil(p.resize((112, 112), Image.BILINEAR)) - 0.5) / 0.5)
+              for p in (source_pil, aged_pil)]
+    face_feat = svr_arcface(torch.stack(hidden, dim=1), s.swr_alpha, s.swr_beta)
+    face_token = model.face_projector(face_feat).unsqueeze(1)
+    # CLIP: the fast CLIP processor with do_rescale=False. torchvision's v2 resize of a uint8 image on
+    # the CPU is torch's native uint8 antialiased bicubic; no 1/255 rescaling before the normaliser.
+    p = model.clip.preprocess
+    pixels = torch.from_numpy(np.asarray(source_pil).copy()).permute(2, 0, 1)[None]
+    pixels = torch.nn.functional.interpolate(pixels, size=(p.size, p.size), mode="bicubic", antialias=True)
+    pixels = (pixels.float() - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
+    image = _features(model.clip.model.get_image_features(pixel_values=pixels))
+    image = image / image.norm(dim=-1, keepdim=True)
+    texts = model.clip.text([f"{source_age} years old", f"{target_age} years old"])
+    clip_token = model.clip_projector(rotate_clip(image, texts[:1], texts[1:], s.clip_map_model)).unsqueeze(1)
+    return torch.cat([face_token, clip_token], dim=1)
+
+
+def test_reference_inference_reproduces_the_script(tiny_model, faces):
+    """The switch reproduces the script's three differences: the aged image round-tripped through
+    8 bits, ArcFace input resized by PIL, CLIP fed 0..255 pixels. The script's passes are the
+    diffusers img2img pipeline (our sampler equals it up to float rounding, so 8-bit images may
+    differ by one level where a value sits on a rounding edge)."""
+    import numpy as np
+
+    from cradle2cane.method.prompts import aging_prompt
+
+    source_pil = _pil(faces[0])  # the script reads 8-bit photos
+    face = _from_pil(source_pil)
+    seed, source, target = 3, 20, 70
+    first = tiny_model.first_pass(face, target, source, "male", seed=seed, reference_inference=True)
+    assert torch.equal(first.aged * 255, (first.aged * 255).round())  # (c) 8-bit values
+    pipe = tiny_model.pipe
+    with torch.no_grad(), lora_enabled(pipe.unet, False):
+        script_aged = pipe(prompt=aging_prompt(target, "male"), image=source_pil, strength=first.strengths[0],
+                           num_inference_steps=4, guidance_scale=1.0, generator=torch.Generator().manual_seed(seed)
+                           ).images[0]
+    assert np.abs(np.asarray(script_aged).astype(int) - np.asarray(_pil(first.aged[0])).astype(int)).max() <= 1
+
+    aged_pil = _pil(first.aged[0])
+    with torch.no_grad():
+        script_cond = _script_conditioning(tiny_model, source_pil, aged_pil, source, target)
+    cond = tiny_model.identity_embeddings(face, first)
+    torch.testing.assert_close(cond, script_cond, atol=1e-5, rtol=0)  # same float32 ops, batched differently
+    default = tiny_model.identity_embeddings(face, tiny_model.first_pass(face, target, source, "male", seed=seed))
+    assert (default - cond).abs().max() > 1e-3  # the switch changes the conditioning
+
+    final = tiny_model.second_pass(first, cond)
+    assert torch.equal(final * 255, (final * 255).round())  # the final image is 8-bit too (PIL out)
+    with torch.no_grad(), lora_enabled(pipe.unet, True):
+        script_final = pipe(prompt_embeds=script_cond, pooled_prompt_embeds=first.pooled_embeds, image=aged_pil,
+                            strength=tiny_model.settings.id_strength, num_inference_steps=4, guidance_scale=1.0,
+                            generator=torch.Generator().manual_seed(second_pass_seed(seed))).images[0]
+    difference = np.abs(np.asarray(script_final).astype(int) - np.asarray(_pil(final[0])).astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+    whole = tiny_model(face, target, source, "male", seed=seed, reference_inference=True)
+    assert torch.equal(whole.images, final) and torch.equal(whole.aged, first.aged)
+
+
+# ----------------------------------------------------------------------------- threads and bad numbers
+
+
+def test_threads_sharing_one_model_get_their_single_threaded_results(tiny_model, faces):
+    """Runs take turns on one instance: each thread's images equal the single-threaded call
+    exactly (the LoRA switch and its folding are shared state)."""
+    import threading
+
+    jobs = [((faces[:1], [10, 70], 30, "male"), {"seed": 1}),
+            ((faces[1:], [50], 40, "female"), {"seed": 2, "batch_size": 1}),
+            ((faces, [5, 80], [20, 60], ["male", "female"]), {"seed": 3}),
+            ((faces[:1], 45, 45, "female"), {"seed": 4, "reference_inference": True})]
+    expected = [tiny_model(*args, **kwargs).images for args, kwargs in jobs]
+    results: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(jobs))}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(jobs) + 1)
+
+    def work(i):
+        try:
+            start.wait()
+            for _ in range(2):
+                args, kwargs = jobs[i]
+                results[i].append(tiny_model(*args, **kwargs).images)
+        except BaseException as exc:  # reported below; a thread cannot fail the test itself
+            errors.append(exc)
+
+    def passes_one_by_one():  # the node path: the three public steps, interleaved with the others
+        try:
+            start.wait()
+            first = tiny_model.first_pass(faces[1:], [30, 60], 25, "male", seed=9)
+            cond = tiny_model.identity_embeddings(faces[1:], first)
+            results[-1] = [tiny_model.second_pass(first, cond)]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    threads.append(threading.Thread(target=passes_one_by_one))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+    for i, images in enumerate(expected):
+        assert len(results[i]) == 2 and all(torch.equal(r, images) for r in results[i]), f"job {i}"
+    assert torch.equal(results[-1][0], tiny_model(faces[1:], [30, 60], 25, "male", seed=9).images)
+    assert lora_is_enabled(tiny_model.pipe.unet)
+
+
+@pytest.fixture
+def own_model(tiny_models):
+    """A model this test may break (the shared one must stay intact)."""
+    return Cradle2Cane.from_pretrained(tiny_models, device="cpu", dtype=torch.float32)
+
+
+def test_non_finite_results_raise_naming_the_stage(own_model, faces):
+    from cradle2cane.pipeline import NonFiniteResultError
+
+    unet = own_model.pipe.unet
+    lora_b = next(p for n, p in unet.named_parameters() if "lora_B" in n)
+    weights = {k: v.clone() for k, v in unet.state_dict().items() if "lora" not in k}
+    with torch.no_grad():
+        lora_b.fill_(float("nan"))
+    with pytest.raises(NonFiniteResultError, match=r"pass 2 \(identity\).*NaN or infinite.*LoRA"):
+        own_model(faces[:1], 70, 20, "male")
+    # The failed pass gave every base weight back and left the LoRA switched on.
+    after = unet.state_dict()
+    assert all(torch.equal(weights[k], after[k]) for k in weights) and lora_is_enabled(unet)
+    with torch.no_grad():
+        lora_b.zero_()
+        own_model.face_projector.fc_out.weight.fill_(float("inf"))
+    with pytest.raises(NonFiniteResultError, match="identity embedding"):
+        own_model(faces[:1], 70, 20, "male")
+
+
+def test_training_api_carries_gradients_to_the_projectors(tiny_model, faces):
+    """The public parts training uses (``IdentityEncoder``, a sampler over any UNet callable) are
+    the facade's computation with gradients: the facade's own result carries none."""
+    import copy
+
+    from cradle2cane.method.conditioning import IdentityEncoder
+    from cradle2cane.method.sampler import Img2ImgSampler
+
+    m = tiny_model
+    first = m.first_pass(faces[:1], 70, 20, "male", seed=2)
+    inference = m.identity_embeddings(faces[:1], first)
+    assert not inference.requires_grad
+    face_projector = copy.deepcopy(m.face_projector).requires_grad_(True)
+    encoder = IdentityEncoder(m.arcface, face_projector, m.clip, m.clip_projector, m.settings, feature_dtype=m.dtype)
+    conditioning = encoder(faces[:1], first.aged, [0], [20], [70])
+    torch.testing.assert_close(conditioning, inference, atol=0, rtol=0)  # the same code, the same numbers
+
+    calls = []
+
+    def wrapped_unet(*args, **kwargs):  # stands for a DDP- or compile-wrapped UNet
+        calls.append(args[0].shape[0])
+        return m.pipe.unet(*args, **kwargs)
+
+    pipe = m.pipe
+    sampler = Img2ImgSampler(wrapped_unet, pipe.vae, pipe.scheduler.config, pipe.vae_scale_factor, steps=4)
+    with lora_enabled(pipe.unet, False):
+        latents = sampler.run(sampler.encode(first.aged), [0], 0.25, conditioning, first.pooled_embeds,
+                              [torch.Generator().manual_seed(0)])
+    sampler.decode(latents).mean().backward()
+    assert calls == [1] and all(p.grad is not None and p.grad.abs().sum() > 0
+                                for p in face_projector.parameters() if p.ndim == 2)

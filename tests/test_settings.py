@@ -52,4 +52,15 @@ def test_bad_values_raise_naming_the_file(tmp_path, text, match):
 def test_empty_file_gives_defaults(tmp_path):
     path = tmp_path / "hparams.yml"
     path.write_text("")
-    assert Settings.from_file(path) == Settings()
+    assert Settings.from_file(path) == Settings(use_swr=False)  # a missing use_swr means off
+
+
+def test_missing_use_swr_turns_svr_off_with_a_warning(tmp_path, caplog):
+    """The reference reads a missing use_swr as false; a file that says it is followed."""
+    path = tmp_path / "hparams.yml"
+    path.write_text("t1: 10\nt2: 30\n")
+    with caplog.at_level(logging.WARNING):
+        assert Settings.from_file(path).use_swr is False
+    assert "use_swr" in caplog.text and "SVR-ArcFace is off" in caplog.text
+    path.write_text("use_swr: true\n")
+    assert Settings.from_file(path).use_swr is True

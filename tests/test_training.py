@@ -338,7 +338,7 @@ def test_gan_losses_train_only_their_side():
 
 
 def test_age_shift_sampling_and_strength():
-    from training.trainer import batch_plan, sample_shift
+    from training.batch import batch_plan, sample_shift
 
     cfg = build_config()
     rng = random.Random(0)

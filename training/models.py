@@ -16,7 +16,8 @@ import torch
 from cradle2cane.loading import paths as W
 from cradle2cane.method.arcface import IResNet, network_name
 from cradle2cane.method.clip_features import ClipFeatures, ClipPreprocess
-from cradle2cane.loading.components import LORA_ADAPTER, load_arcface, load_base, load_clip
+from cradle2cane.loading.components import load_arcface, load_base, load_clip
+from cradle2cane.method.lora import LORA_ADAPTER, add_lora
 from cradle2cane.method.projectors import ProjectorMLP
 from cradle2cane.loading.settings import Settings
 from cradle2cane.loading.state_dicts import load_pickle_state_dict
@@ -52,16 +53,7 @@ def resolve_paths(cfg: Config) -> W.ModelPaths:
     if root is None or not root.is_dir():
         raise W.ModelFileError(f"models folder {root} does not exist; it must hold {W.BASE_DIR}/, {W.CLIP_DIR}/ and "
                                f"{W.ARCFACE_FILE} (see the README's model table)")
-    base = cfg.path("pretrained_model_name_or_path") or W.ModelPaths._find_base(root)
-    if not base.exists():
-        raise W.missing(base, base.parent, "an SDXL-Turbo diffusers folder or single-file checkpoint",
-                        W.source_of(W.BASE_DIR))
-    base_config = None
-    if base.is_file():
-        candidate = root / W.BASE_DIR
-        base_config = candidate if (candidate / "model_index.json").is_file() else None
-    elif not (base / "model_index.json").is_file():
-        raise W.missing(base / "model_index.json", base, "a diffusers SDXL-Turbo folder", W.source_of(W.BASE_DIR))
+    base, base_config = W.resolve_base(root, cfg.path("pretrained_model_name_or_path"))
     vae = cfg.path("pretrained_vae_model_name_or_path")
     if vae is not None and not (vae / "config.json").is_file():
         raise W.missing(vae / "config.json", vae, "a diffusers AutoencoderKL folder", W.source_of(W.VAE_DIR))
@@ -89,13 +81,6 @@ def build_settings(cfg: Config, arcface: IResNet, unet_width: int, clip_width: i
                     face_project_save_name=FACE_PROJECTOR_FILE, clip_project_save_name=CLIP_PROJECTOR_FILE)
 
 
-def lora_config(cfg: Config):
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
-                      target_modules=list(cfg.lora_target_modules))
-
-
 def load_parts(cfg: Config, weight_dtype: torch.dtype, device: torch.device) -> TrainParts:
     """Frozen base, CLIP and ArcFace (core loaders), a fresh LoRA and fresh projectors (float32)."""
     paths = resolve_paths(cfg)
@@ -107,9 +92,8 @@ def load_parts(cfg: Config, weight_dtype: torch.dtype, device: torch.device) -> 
     unet_width = int(pipe.unet.config.cross_attention_dim)
     clip_width = int(clip_model.config.projection_dim)
     settings = build_settings(cfg, arcface, unet_width, clip_width)
-    config = lora_config(cfg)
     try:
-        pipe.unet.add_adapter(config, adapter_name=LORA_ADAPTER)
+        config = add_lora(pipe.unet, cfg.rank, cfg.lora_alpha, cfg.lora_target_modules)
     except ValueError as exc:
         raise ConfigError(f"lora_target_modules {cfg.lora_target_modules}: {exc}") from exc
     face_projector = ProjectorMLP(arcface.hidden_dim, unet_width)

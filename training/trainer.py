@@ -1,11 +1,7 @@
-"""The training loop of METHOD.md section 5 on accelerate (one or many GPUs, fp16/bf16).
-
-Per batch: one age shift for the whole batch, targets clamped to min_age..max_age, the AdaNI
-strength from the mean |shift|; pass 1 (LoRA off) without gradients; the identity conditioning
-([SVR-ArcFace token, Rotate-CLIP token]) and pass 2 (LoRA on) with gradients through the sampler
-steps and the VAE decode; then the weighted losses. Both passes, the conditioning and the
-validation images come from the core (``Img2ImgSampler``, ``Cradle2Cane.identity_embeddings``,
-``Cradle2Cane.__call__``), so training and inference cannot drift apart.
+"""The training loop on accelerate (one or many GPUs, fp16/bf16): optimisers, checkpoints, logs,
+validation. What one batch computes is in ``batch``. Both passes, the prompts, the conditioning
+and the validation images come from the core (``Img2ImgSampler``, ``encode_prompts``,
+``IdentityEncoder``, ``Cradle2Cane.__call__``), so training and inference cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,8 +10,6 @@ import importlib.util
 import json
 import logging
 import math
-import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,32 +17,21 @@ from typing import Any
 
 import torch
 
+from cradle2cane.method.conditioning import IdentityEncoder
 from cradle2cane.method.sampler import Img2ImgSampler
-from cradle2cane.method.adani import adani_strength
-from cradle2cane.method.prompts import aging_prompt
-from cradle2cane.method.lora import lora_enabled
-from cradle2cane.pipeline import Cradle2Cane, FirstPassOutput
+from cradle2cane.pipeline import Cradle2Cane
 
 from . import losses as L
+from .batch import LOSS_WEIGHTS, generator_step
+from .checkpoints import STATE_FILE, find_checkpoint, register_hooks, save_checkpoint
 from .config import Config, ConfigError, dump, require
 from .data import DatasetError, FaceDataset, collate, read_manifest
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "trainer_state.json"
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "config.yml"
 VALIDATION_DIR = "validation"
-LOSS_WEIGHTS = {  # log name -> config key
-    "age_loss": "age_loss_weight",
-    "age_loss_2": "age_loss_2_weight",
-    "id_cos_loss": "id_cos_loss_weight",
-    "pixel_mse_loss": "pixel_mse_loss_weight",
-    "ms_ssim_loss": "ssim_loss_weight",
-    "lpips_loss": "lpips_loss_weight",
-    "g_loss": "g_loss_weight",
-}
 
 
 class TrainingError(RuntimeError):
@@ -65,103 +48,11 @@ class TrainResult:
     is_main_process: bool = True
 
 
-class _UNetCall:
-    """A prepared (possibly DDP-wrapped) UNet with the attributes the core sampler reads, so
-    pass 2's forward goes through the wrapper and its gradients are synchronised."""
-
-    def __init__(self, wrapped, raw) -> None:
-        self._wrapped, self._raw = wrapped, raw
-
-    @property
-    def device(self):
-        return self._raw.device
-
-    @property
-    def dtype(self):
-        return self._raw.dtype
-
-    @property
-    def config(self):
-        return self._raw.config
-
-    def __call__(self, *args, **kwargs):
-        return self._wrapped(*args, **kwargs)
-
-
-class _PipeView:
-    """What ``Img2ImgSampler`` needs from a pipeline, with the UNet swapped for ``_UNetCall``."""
-
-    def __init__(self, pipe, unet) -> None:
-        self.unet, self.vae, self.scheduler, self.vae_scale_factor = unet, pipe.vae, pipe.scheduler, pipe.vae_scale_factor
-
-
 # ----------------------------------------------------------------------------- small pieces
-
-
-def sample_shift(rng: random.Random, cfg: Config) -> int:
-    """One age shift for a batch: 0 with probability same_age_rate, else uniform integers in
-    +/-3*age_scale (or a rounded normal(0, age_scale) clipped there)."""
-    if rng.random() < cfg.same_age_rate:
-        return 0
-    limit = int(round(3 * cfg.age_scale))
-    if cfg.age_sample_mode == "normal":
-        return int(round(max(-limit, min(limit, rng.gauss(0.0, cfg.age_scale)))))
-    return rng.randint(-limit, limit)
-
-
-def batch_plan(sources: list[int], shift: int, cfg: Config) -> tuple[list[int], float]:
-    """Clamped targets and the pass-1 strength from the mean |target - source|."""
-    targets = [min(max(s + shift, cfg.min_age), cfg.max_age) for s in sources]
-    gap = sum(abs(t - s) for s, t in zip(sources, targets)) / len(sources)
-    if not cfg.use_adaptive_noise_inject:
-        return targets, cfg.aged_strength
-    return targets, adani_strength(gap, cfg.t1, cfg.t2, cfg.one_threshold)
-
-
-def checkpoint_step(path: Path) -> int | None:
-    name = path.name
-    if not name.startswith(CHECKPOINT_PREFIX):
-        return None
-    try:
-        return int(name[len(CHECKPOINT_PREFIX):])
-    except ValueError:
-        return None
-
-
-def list_checkpoints(output_dir: Path, complete_only: bool = True) -> list[Path]:
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None
-             and (not complete_only or (p / STATE_FILE).is_file())]
-    return sorted(found, key=checkpoint_step)
-
-
-def find_checkpoint(output_dir: Path, spec: str) -> Path:
-    """``latest`` (newest complete checkpoint-N), a folder name inside output_dir, or a path."""
-    if spec == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise TrainingError(f"resume_from_checkpoint=latest: no complete {CHECKPOINT_PREFIX}N folder in "
-                                f"{output_dir}; start without resume_from_checkpoint")
-        return found[-1]
-    path = Path(spec).expanduser()
-    candidates = [path] if path.is_absolute() else [output_dir / path, path]
-    for candidate in candidates:
-        if candidate.is_dir():
-            if not (candidate / STATE_FILE).is_file():
-                raise TrainingError(f"{candidate} is not a complete training checkpoint ({STATE_FILE} is missing)")
-            return candidate
-    available = ", ".join(p.name for p in list_checkpoints(output_dir)) or "none"
-    raise TrainingError(f"checkpoint {spec!r} not found (looked in {', '.join(str(c) for c in candidates)}); "
-                        f"checkpoints in {output_dir}: {available}")
 
 
 def _tensorboard_available() -> bool:
     return any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
-
-
-def _item_seeds(rng: random.Random, count: int) -> list[int]:
-    return [rng.getrandbits(63) for _ in range(count)]
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -286,13 +177,16 @@ class Trainer:
             d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=cfg.d_learning_rate,
                                            betas=(cfg.d_adam_beta1, cfg.d_adam_beta2))
             discriminator, d_optimizer = accelerator.prepare(discriminator, d_optimizer)
-        self._register_hooks(accelerator, parts, cfg)
+        register_hooks(accelerator, parts, cfg)
 
-        # The conditioning facade uses the prepared projectors (gradients synchronised across GPUs);
+        # Pass 2 and the conditioning run through the prepared (possibly DDP-wrapped) UNet and
+        # projectors, so their gradients are synchronised across GPUs; pass 1 needs no gradient.
         # ``model`` (raw modules) renders the validation images on the main process.
-        train_model = Cradle2Cane(parts.pipe, parts.arcface, face_p, parts.clip, clip_p, parts.settings)
-        train_sampler = Img2ImgSampler(_PipeView(parts.pipe, _UNetCall(unet_p, unet)), steps=cfg.infer_step)
-        identity = getattr(Cradle2Cane.identity_embeddings, "__wrapped__", Cradle2Cane.identity_embeddings)
+        pipe = parts.pipe
+        samplers = [Img2ImgSampler(net, pipe.vae, pipe.scheduler.config, pipe.vae_scale_factor, steps=cfg.infer_step,
+                                   device=device, dtype=weight_dtype) for net in (unet, unet_p)]
+        identity = IdentityEncoder(parts.arcface, face_p, parts.clip, clip_p, parts.settings,
+                                   feature_dtype=weight_dtype)
 
         global_step = 0
         if self.resume_from is not None:
@@ -339,8 +233,8 @@ class Trainer:
                 face_p.train()
                 clip_p.train()
                 with accelerator.accumulate(unet_p, face_p, clip_p):
-                    terms, info, faces, output = self._generator_step(
-                        batch, micro_step, model, train_model, train_sampler, identity, lpips, age_model,
+                    terms, info, faces, output = generator_step(
+                        cfg, accelerator, batch, micro_step, parts, samplers, identity, lpips, age_model,
                         accelerator.unwrap_model(discriminator) if discriminator is not None else None)
                     total = sum(terms.values())
                     if not L.is_finite(total):
@@ -383,7 +277,8 @@ class Trainer:
                 bar.set_postfix({k.replace("_loss", ""): f"{v:.3g}" for k, v in logs.items() if k != "lr"})
 
                 if global_step % cfg.checkpointing_steps == 0:
-                    result.checkpoints.append(self._save_checkpoint(accelerator, global_step, epoch, micro_step))
+                    result.checkpoints.append(save_checkpoint(accelerator, cfg, self.output_dir, global_step, epoch,
+                                                              micro_step))
                 if validation is not None and global_step % cfg.validation_steps == 0:
                     result.validation_images.append(self._validate(accelerator, model, validation, global_step))
                     last_validated = global_step
@@ -408,124 +303,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- one batch
 
-    def _generator_step(self, batch, micro_step, model, train_model, train_sampler, identity, lpips, age_model,
-                        discriminator):
-        cfg, accelerator = self.cfg, self.accelerator
-        device = accelerator.device
-        faces = batch["image"].to(device, torch.float32)
-        sources = [int(a) for a in batch["age"].tolist()]
-        genders = list(batch["gender"])
-        count = len(sources)
-        rng = random.Random(f"cradle2cane/{cfg.seed}/{accelerator.process_index}/{micro_step}")
-        shift = sample_shift(rng, cfg)
-        targets, strength = batch_plan(sources, shift, cfg)
-        pass1 = [torch.Generator("cpu").manual_seed(s) for s in _item_seeds(rng, count)]
-        pass2 = [torch.Generator("cpu").manual_seed(s) for s in _item_seeds(rng, count)]
-        items = list(range(count))
-        unet = model.pipe.unet
-        with accelerator.autocast():
-            with torch.no_grad():
-                embeds, pooled = model._encode_prompts([aging_prompt(t, g) for t, g in zip(targets, genders)])
-                encoded = model.sampler.encode(faces)
-                with lora_enabled(unet, False):
-                    latents = model.sampler.run(encoded, items, strength, embeds, pooled, pass1)
-                aged = model.sampler.decode(latents)
-            first = FirstPassOutput(aged=aged, pooled_embeds=pooled, source_index=items, source_ages=sources,
-                                    target_ages=targets, genders=genders, strengths=[strength] * count,
-                                    seeds=[0] * count)
-            conditioning = identity(train_model, faces, first)
-            with torch.no_grad():
-                encoded_aged = train_sampler.encode(aged)
-            with lora_enabled(unet, True):
-                latents = train_sampler.run(encoded_aged, items, cfg.id_strength, conditioning, pooled, pass2)
-            output = train_sampler.decode(latents)
-        terms = self._losses(faces, aged, output, targets, lpips, age_model, discriminator, model.arcface)
-        info = {"shift": shift, "strength": strength}
-        return terms, info, faces, output
-
-    def _losses(self, faces, aged, output, targets, lpips, age_model, discriminator, arcface) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        terms: dict[str, torch.Tensor] = {}
-        with torch.autocast(device_type=faces.device.type, enabled=False):
-            output = output.float()
-            if age_model is not None:
-                predicted = age_model(output)
-                if cfg.age_loss_weight > 0:
-                    target = torch.tensor(targets, device=output.device, dtype=torch.float32)
-                    terms["age_loss"] = cfg.age_loss_weight * L.age_loss(predicted.ages, target)
-                if cfg.age_loss_2_weight > 0:
-                    if predicted.features is None:
-                        raise TrainingError(f"the age regressor {cfg.age_model_path or 'age_regressor.pt2'} returns no "
-                                            f"features, which age_loss_2 needs; return (ages, features) or set "
-                                            f"age_loss_2_weight=0")
-                    with torch.no_grad():
-                        reference = age_model(aged.float()).features
-                    terms["age_loss_2"] = cfg.age_loss_2_weight * L.feature_cosine_loss(predicted.features, reference)
-            if cfg.id_cos_loss_weight > 0:
-                terms["id_cos_loss"] = cfg.id_cos_loss_weight * L.identity_loss(arcface, faces, output)
-            if cfg.pixel_mse_loss_weight > 0:
-                terms["pixel_mse_loss"] = cfg.pixel_mse_loss_weight * L.pixel_mse(faces, output,
-                                                                                  cfg.pixel_mse_loss_use_weight)
-            if cfg.ssim_loss_weight > 0:
-                terms["ms_ssim_loss"] = cfg.ssim_loss_weight * (1 - L.ms_ssim(output, faces))
-            if lpips is not None:
-                a, b = faces, output
-                if cfg.lpips_loss_use_weight:
-                    mask = L.centre_weight(a.shape[-2], a.shape[-1], a.device)
-                    a, b = a * mask, b * mask
-                terms["lpips_loss"] = cfg.lpips_loss_weight * lpips(a, b).mean()
-            if discriminator is not None and cfg.g_loss_weight > 0:
-                terms["g_loss"] = cfg.g_loss_weight * L.generator_hinge_loss(discriminator, output)
-        return terms
-
     # ---------------------------------------------------------------- checkpoints, logs, validation
-
-    def _register_hooks(self, accelerator, parts, cfg) -> None:
-        from .models import hparams, save_released
-
-        ours = (parts.unet, parts.face_projector, parts.clip_projector)
-
-        def is_ours(model) -> bool:
-            return any(accelerator.unwrap_model(model) is m for m in ours)
-
-        def save_hook(models, weights, output_dir):
-            # LoRA and projectors go out in the released layout (loadable by the core as they are);
-            # accelerate keeps only what remains (the discriminator) plus optimisers and RNG states.
-            if accelerator.is_main_process:
-                save_released(output_dir, parts.unet, parts.face_projector, parts.clip_projector, parts.lora_config,
-                              hparams(cfg, parts.settings))
-            for i in reversed(range(len(models))):
-                if is_ours(models[i]) and i < len(weights):
-                    weights.pop(i)
-
-        def load_hook(models, input_dir):
-            for i in reversed(range(len(models))):
-                if is_ours(models[i]):
-                    models.pop(i)
-
-        accelerator.register_save_state_pre_hook(save_hook)
-        accelerator.register_load_state_pre_hook(load_hook)
-
-    def _save_checkpoint(self, accelerator, step: int, epoch: int, micro_step: int) -> Path:
-        cfg = self.cfg
-        path = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
-        if accelerator.is_main_process:
-            if path.exists():
-                shutil.rmtree(path)
-            if cfg.checkpoints_total_limit is not None:
-                existing = list_checkpoints(self.output_dir, complete_only=False)
-                for old in existing[:max(0, len(existing) - cfg.checkpoints_total_limit + 1)]:
-                    logger.info("removing old checkpoint %s (checkpoints_total_limit=%d)", old,
-                                cfg.checkpoints_total_limit)
-                    shutil.rmtree(old)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(path))
-        if accelerator.is_main_process:
-            state = {"global_step": step, "epoch": epoch, "micro_step": micro_step}
-            (path / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")  # written last: complete
-            logger.info("checkpoint saved to %s", path)
-        accelerator.wait_for_everyone()
-        return path
 
     def _log(self, accelerator, step: int, epoch: int, logs: dict[str, float], info: dict[str, Any]) -> None:
         record = {"step": step, "epoch": epoch, **logs, **info}

@@ -82,18 +82,7 @@ class ModelPaths:
         c2c = Path(cradle2cane_dir).expanduser() if cradle2cane_dir else root / C2C_DIR
         if not c2c.is_dir() and (root / LORA_FILE).is_file():
             c2c = root  # the Cradle2Cane files directly in the given folder
-        base_path = Path(base).expanduser() if base else cls._find_base(root)
-        if not base_path.exists():
-            raise missing(base_path, base_path.parent, "an SDXL-Turbo diffusers folder or single-file checkpoint",
-                          source_of(BASE_DIR))
-        config = None
-        if base_path.is_file():
-            # A single file carries no configs: the tiny test set ships its own beside it;
-            # otherwise the published SDXL-Turbo configs bundled with this package are used.
-            candidate = Path(base_config) if base_config else root / BASE_DIR
-            config = candidate if (candidate / "model_index.json").is_file() else None
-        elif not (base_path / "model_index.json").is_file():
-            raise missing(base_path / "model_index.json", base_path, "a diffusers SDXL-Turbo folder", source_of(BASE_DIR))
+        base_path, config = resolve_base(root, base, base_config)
         clip = root / CLIP_DIR
         if not (clip / "config.json").is_file():
             raise missing(clip / "config.json", clip, "the openai/clip-vit-large-patch14 transformers folder",
@@ -117,16 +106,36 @@ class ModelPaths:
         return cls(base=base_path, base_config=config, vae=vae if (vae / "config.json").is_file() else None,
                    clip=clip, hparams=hparams if hparams.is_file() else None, **files)
 
-    @staticmethod
-    def _find_base(root: Path) -> Path:
-        if (root / BASE_DIR / "model_index.json").is_file():
-            return root / BASE_DIR
-        for name in BASE_SINGLE_FILES:
-            if (root / name).is_file():
-                return root / name
-        raise ModelFileError(
-            f"no SDXL-Turbo base found in {root}: expected the folder {BASE_DIR}/ or one of "
-            f"{', '.join(BASE_SINGLE_FILES)}. Get it from {source_of(BASE_DIR)} or {source_of('single')}."
-        )
 
 
+def find_base(root: Path) -> Path:
+    """The SDXL-Turbo base in a models folder: ``sdxl-turbo/`` (diffusers) or one of the single
+    files, in that order; ``ModelFileError`` saying what was expected otherwise."""
+    root = Path(root)
+    if (root / BASE_DIR / "model_index.json").is_file():
+        return root / BASE_DIR
+    for name in BASE_SINGLE_FILES:
+        if (root / name).is_file():
+            return root / name
+    raise ModelFileError(
+        f"no SDXL-Turbo base found in {root}: expected the folder {BASE_DIR}/ or one of "
+        f"{', '.join(BASE_SINGLE_FILES)}. Get it from {source_of(BASE_DIR)} or {source_of('single')}."
+    )
+
+
+def resolve_base(root: Path, base: str | Path | None = None,
+                 base_config: str | Path | None = None) -> tuple[Path, Path | None]:
+    """(base, config folder) for a models folder: ``base`` if given (checked), else ``find_base``.
+    A single file carries no configs: the config folder is ``base_config`` or ``root/sdxl-turbo``
+    when it holds a ``model_index.json`` (the tiny test set ships one), else None (the published
+    SDXL-Turbo configs bundled with this package are used)."""
+    base_path = Path(base).expanduser() if base else find_base(root)
+    if not base_path.exists():
+        raise missing(base_path, base_path.parent, "an SDXL-Turbo diffusers folder or single-file checkpoint",
+                      source_of(BASE_DIR))
+    if base_path.is_file():
+        candidate = Path(base_config) if base_config else Path(root) / BASE_DIR
+        return base_path, candidate if (candidate / "model_index.json").is_file() else None
+    if not (base_path / "model_index.json").is_file():
+        raise missing(base_path / "model_index.json", base_path, "a diffusers SDXL-Turbo folder", source_of(BASE_DIR))
+    return base_path, None

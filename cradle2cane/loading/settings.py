@@ -81,6 +81,9 @@ class Settings:
         if missing:
             logger.warning("%s: missing keys %s; using the released defaults", source, ", ".join(missing))
         kwargs: dict[str, Any] = {}
+        if "use_swr" not in values:  # the reference reads a missing use_swr as false
+            logger.warning("%s: no use_swr key: SVR-ArcFace is off, as the reference reads it", source)
+            kwargs["use_swr"] = False
         for name, f in own.items():
             if name not in values or values[name] is None:
                 continue

@@ -8,27 +8,20 @@ generators, seeded from the face's seed, so one face aged to 70 alone equals the
 from __future__ import annotations
 
 import hashlib
-import operator
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from .adani import adani_strength, check_strength
 from .prompts import check_age, check_gender
+from .seeds import check_seed
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from ..loading.settings import Settings
 
-MAX_SEED = 2**64 - 1
-
-
-def check_seed(seed: int, what: str = "seed") -> int:
-    try:
-        value = None if isinstance(seed, bool) else operator.index(seed)
-    except TypeError:
-        value = None
-    if value is None or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"{what} must be a whole number in 0..2**64-1, got {seed!r}")
-    return value
+logger = logging.getLogger(__name__)
 
 
 def second_pass_seed(seed: int) -> int:
@@ -41,6 +34,41 @@ def second_pass_seed(seed: int) -> int:
     """
     digest = hashlib.blake2b(f"cradle2cane/pass-2/{check_seed(seed)}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def check_faces(images: "torch.Tensor", size: int) -> "torch.Tensor":
+    """A [B,3,H,W] 0..1 batch, checked, as contiguous float32 at ``size`` x ``size``: non-square faces are
+    centre-cropped and other sizes resized, with a warning (the model expects FFHQ-aligned faces
+    at its training resolution)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"faces must be a [B,3,H,W] tensor of RGB images in 0..1, got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError("faces: the batch is empty")
+    images = images.float()
+    if not torch.isfinite(images).all():
+        raise ValueError("faces contain NaN or infinite values")
+    if images.min() < -1e-3 or images.max() > 1 + 1e-3:
+        raise ValueError(f"faces must be in 0..1, got values in {images.min():.3g}..{images.max():.3g}")
+    _, _, h, w = images.shape
+    if h != w:
+        side = min(h, w)
+        logger.warning("faces are %dx%d, not square: centre-cropping to %dx%d", w, h, side, side)
+        top, left = (h - side) // 2, (w - side) // 2
+        images = images[:, :, top:top + side, left:left + side]
+    if images.shape[-1] != size:
+        logger.warning("faces are %dpx, the model works at %dpx: resizing", images.shape[-1], size)
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return images.clamp(0, 1).contiguous()  # one memory layout: results do not depend on the caller's
 
 
 def per_face(value, count: int, what: str) -> list:
@@ -88,7 +116,8 @@ def make_plan(count: int, target_ages: int | Sequence[int], source_ages: int | S
         raise ValueError("give at least one target age")
     if count < 1:
         raise ValueError("faces: the batch is empty")
-    sources = [check_age(a, f"source age of face {i}") for i, a in enumerate(per_face(source_ages, count, "source ages"))]
+    sources = [check_age(a, f"source age of face {i}")
+               for i, a in enumerate(per_face(source_ages, count, "source ages"))]
     gender = [check_gender(g, f"gender of face {i}") for i, g in enumerate(per_face(genders, count, "genders"))]
     seeds = [check_seed(s, f"seed of face {i}") for i, s in enumerate(per_face(seed, count, "seeds"))]
     steps = settings.infer_step

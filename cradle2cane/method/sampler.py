@@ -74,7 +74,7 @@ class Img2ImgSampler:
         does before it makes PIL images)."""
         latents = latents.to(device=self.device, dtype=self.vae_dtype) / self.scaling_factor
         image = self.vae.decode(latents, return_dict=False)[0]
-        return (image / 2 + 0.5).clamp(0, 1)
+        return (image / 2 + 0.5).clamp(0, 1).contiguous()  # one layout, whatever the VAE's kernels chose
 
     # ---------------------------------------------------------------- schedule
 

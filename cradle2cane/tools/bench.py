@@ -184,6 +184,7 @@ def reference_loop(model, face, ages: Sequence[int], source_age: int, gender: st
     from ..pipeline import FirstPassOutput
     from ..method.prompts import aging_prompt
     from ..method.lora import lora_enabled
+    from ..method.plan import second_pass_seed
 
     pipe = model.pipe
     steps = model.settings.infer_step
@@ -199,14 +200,13 @@ def reference_loop(model, face, ages: Sequence[int], source_age: int, gender: st
             _, _, pooled, _ = pipe.encode_prompt(prompt, device=model.device, num_images_per_prompt=1,
                                                  do_classifier_free_guidance=False)
         model.clip.clear_cache()
-        first = FirstPassOutput(aged=aged.float().cpu(), pooled_embeds=pooled, source_index=[0],
-                                source_ages=[source_age], target_ages=[age], genders=[gender],
-                                strengths=[strength], seeds=[seed])
+        first = FirstPassOutput(aged=aged.float().cpu(), pooled_embeds=pooled,
+                                plan=model.plan(1, age, source_age, gender, seed, strength))
         conditioning = model.identity_embeddings(face, first)
         with lora_enabled(pipe.unet, True):
             final = pipe(prompt_embeds=conditioning, pooled_prompt_embeds=pooled.to(conditioning.dtype), image=aged,
                          strength=id_strength, num_inference_steps=steps, guidance_scale=1.0,
-                         generator=torch.Generator("cpu").manual_seed(seed), output_type="pt").images
+                         generator=torch.Generator("cpu").manual_seed(second_pass_seed(seed)), output_type="pt").images
         finals.append(final.float().cpu())
         ageds.append(aged.float().cpu())
     return torch.cat(finals), torch.cat(ageds)
