@@ -19,8 +19,6 @@ from .seeds import check_seed
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..loading.settings import Settings
-
 logger = logging.getLogger(__name__)
 
 
@@ -102,12 +100,13 @@ class AgingPlan:
 
 
 def make_plan(count: int, target_ages: int | Sequence[int], source_ages: int | Sequence[int],
-              genders: str | Sequence[str], settings: "Settings", seed: int | Sequence[int] = 0,
+              genders: str | Sequence[str], settings, seed: int | Sequence[int] = 0,
               strength: float | None = None, id_strength: float | None = None,
               reference_inference: bool = False) -> AgingPlan:
     """Validate one request for ``count`` faces and expand it to items (see the module docstring).
 
-    ``strength`` overrides the AdaNI pass-1 strength; ``id_strength`` defaults to the settings'.
+    ``settings`` (``loading.settings.Settings``) gives t1, t2, one_threshold, infer_step and the
+    default id_strength; ``strength`` overrides the AdaNI pass-1 strength.
     Raises ``ValueError`` naming the first bad value.
     """
     targets = [check_age(t, "target age") for t in (target_ages if isinstance(target_ages, (list, tuple))
