@@ -71,7 +71,7 @@ def age_photo(model, photo: np.ndarray, target_ages: int | Sequence[int], *, det
               callback: StepCallback | None = None, det_size: int = 640, det_thresh: float = 0.5,
               feather: float = 0.1, mask_scale: float = 0.9, color_match: str = "mean",
               image_name: str = "photo", batch_size: int = 8, on_no_face: str = "error",
-              detected: Sequence[DetectedFace] | None = None) -> PhotoAgingResult:
+              detected: Sequence[DetectedFace] | None = None, reference_inference: bool = False) -> PhotoAgingResult:
     """Age the chosen face(s) of ``photo`` (HxWx3 RGB, uint8 or float 0..1) to each target age.
 
     Pixels outside the faces' blending masks are returned unchanged. ``alpha`` (HxW), when given,
@@ -79,6 +79,7 @@ def age_photo(model, photo: np.ndarray, target_ages: int | Sequence[int], *, det
     :class:`NoFaceError`; ``skip`` returns the photo unchanged for every age, with the reason in
     ``no_face`` (and a warning logged). ``detected``: faces already found in ``photo`` (e.g. by a
     caller that checks a whole batch before aging any of it); detection is then skipped.
+    ``reference_inference``: see ``Cradle2Cane.__call__``.
     """
     import torch
 
@@ -110,7 +111,7 @@ def age_photo(model, photo: np.ndarray, target_ages: int | Sequence[int], *, det
                     "" if source_age is not None and gender is not None else " (estimated)")
     crops = torch.from_numpy(np.stack([f.image for f in aligned])).permute(0, 3, 1, 2).float()
     result = model(crops, targets, ages, genders, seed=seed, strength=strength, id_strength=id_strength,
-                   callback=callback, batch_size=batch_size)
+                   callback=callback, batch_size=batch_size, reference_inference=reference_inference)
     per_age = len(targets)
     photos = []
     for j in range(per_age):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .common import model_handle, model_input, seed_input, source_attributes, source_inputs
+from .common import model_handle, model_input, reference_inference_input, seed_input, source_attributes, source_inputs
 from .handles import AgingHandle, C2CAging, C2CIdentity, IdentityHandle, expect
 from .layout import optional_value, parse_ages, to_comfy, to_core
 from .models import running
@@ -42,6 +42,7 @@ class AdaNIFirstPass(io.ComfyNode):
                 io.Float.Input("strength", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="0 = adaptive (AdaNI, from the age gap); otherwise a fixed img2img strength "
                                        "for every item (the reference uses 0.75 for extra prompt text)."),
+                reference_inference_input(),
             ],
             outputs=[
                 io.Image.Output("aged", display_name="aged", tooltip="Pass-1 images, N faces x M ages, face by face."),
@@ -51,14 +52,14 @@ class AdaNIFirstPass(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, image, target_ages: str, source_age: int = -1, gender: str = "auto",
-                faces=None, seed: int = 0, strength: float = 0.0) -> io.NodeOutput:
+                faces=None, seed: int = 0, strength: float = 0.0, reference_inference: bool = False) -> io.NodeOutput:
         handle = model_handle(model, FIRST_PASS)
         batch = to_core(image, FIRST_PASS, "image")
         targets = parse_ages(target_ages, FIRST_PASS)
         sources, genders = source_attributes(batch.shape[0], source_age, gender, faces, FIRST_PASS)
         with running(handle) as core:
             first = core.first_pass(batch, targets, sources, genders, seed=seed, strength=optional_value(strength),
-                                    callback=step_callback())
+                                    callback=step_callback(), reference_inference=reference_inference)
         return io.NodeOutput(to_comfy(first.aged), AgingHandle(first))
 
 

@@ -20,6 +20,13 @@ def seed_input(default: int = 0) -> io.Input:
                                 "equals the 70 of a sweep.")
 
 
+def reference_inference_input() -> io.Input:
+    return io.Boolean.Input("reference_inference", default=False, optional=True,
+                            tooltip="Reproduce the reference inference script (8-bit aged image, PIL-resized "
+                                    "ArcFace input, CLIP fed 0..255 pixels), to compare with the published images. "
+                                    "Off = what the model was trained with.")
+
+
 def source_inputs() -> list[io.Input]:
     return [
         io.Int.Input("source_age", default=-1, min=-1, max=100,

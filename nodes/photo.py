@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from .aging import target_ages_input
-from .common import GENDERS, model_handle, model_input, seed_input
+from .common import GENDERS, model_handle, model_input, reference_inference_input, seed_input
 from .faces import (WHICH, check_no_face, detector_inputs, face_detector, no_face_error, no_face_input, paste_inputs,
                     skip_report)
 from .layout import from_numpy, optional_value, parse_ages, to_numpy
@@ -45,6 +45,7 @@ class AgePhoto(io.ComfyNode):
                 *paste_inputs(),
                 no_face_input("returns the photo unchanged at every target age (the output keeps photos x ages "
                               "images in batch order)."),
+                reference_inference_input(),
             ],
             outputs=[
                 io.Image.Output("result", display_name="image",
@@ -61,7 +62,7 @@ class AgePhoto(io.ComfyNode):
                 seed: int = 0, detector: str = "buffalo_l", face: str = "largest", face_index: int = 0,
                 det_size: int = 640, det_thresh: float = 0.5, strength: float = 0.0, id_strength: float = 0.0,
                 feather: float = 0.1, mask_scale: float = 0.9, color_match: str = "mean",
-                no_face: str = "error") -> io.NodeOutput:
+                no_face: str = "error", reference_inference: bool = False) -> io.NodeOutput:
         from ..cradle2cane.faces.detect import NoFaceError
         from ..cradle2cane.photo import age_photo
 
@@ -94,7 +95,7 @@ class AgePhoto(io.ComfyNode):
                     gender=None if gender == "auto" else gender, face=which,
                     seed=seed, strength=optional_value(strength), id_strength=optional_value(id_strength),
                     feather=feather, mask_scale=mask_scale, color_match=color_match,
-                    image_name=names[p], on_no_face=no_face,
+                    image_name=names[p], on_no_face=no_face, reference_inference=reference_inference,
                     callback=lambda step, total, p=p: progress(p * total + step, count * total))
                 if result.no_face is not None:  # the core logged the warning, naming the image
                     skipped.append((p, result.no_face))

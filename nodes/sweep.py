@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .common import model_handle, model_input, seed_input, source_attributes, source_inputs
+from .common import model_handle, model_input, reference_inference_input, seed_input, source_attributes, source_inputs
 from .layout import optional_value, parse_ages, sweep_ages, to_comfy, to_core
 from .models import running
 from .progress import step_callback
@@ -37,6 +37,7 @@ class LifespanSweep(io.ComfyNode):
                 seed_input(),
                 io.Float.Input("id_strength", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Identity pass strength; 0 = hparams.yml (released: 0.25)."),
+                reference_inference_input(),
             ],
             outputs=[
                 io.Image.Output("images", display_name="images", tooltip="Faces x ages, face by face, ages in order."),
@@ -47,7 +48,7 @@ class LifespanSweep(io.ComfyNode):
     @classmethod
     def execute(cls, model, image, start_age: int = 10, end_age: int = 80, step: int = 10, ages: str = "",
                 source_age: int = -1, gender: str = "auto", faces=None, seed: int = 0,
-                id_strength: float = 0.0) -> io.NodeOutput:
+                id_strength: float = 0.0, reference_inference: bool = False) -> io.NodeOutput:
         handle = model_handle(model, SWEEP)
         batch = to_core(image, SWEEP, "image")
         targets = parse_ages(ages, SWEEP, "ages") if ages and ages.strip() else \
@@ -55,5 +56,5 @@ class LifespanSweep(io.ComfyNode):
         sources, genders = source_attributes(batch.shape[0], source_age, gender, faces, SWEEP)
         with running(handle) as core:
             result = core(batch, targets, sources, genders, seed=seed, id_strength=optional_value(id_strength),
-                          callback=step_callback())
+                          callback=step_callback(), reference_inference=reference_inference)
         return io.NodeOutput(to_comfy(result.images), ", ".join(str(a) for a in targets))

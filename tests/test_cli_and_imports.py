@@ -39,6 +39,15 @@ def test_age_aligned_face_twice_identically(tiny_models, astronaut_face, tmp_pat
     assert str(out1) in capsys.readouterr().out
 
 
+def test_reference_inference_flag_reaches_the_core(tiny_models, astronaut_face, tmp_path):
+    outs = {flag: tmp_path / f"{flag or 'default'}.png" for flag in ("", "--reference-inference")}
+    for flag, out in outs.items():
+        assert _run("age", astronaut_face, "--models", tiny_models, "--aligned", "--target-age", 70, "--source-age",
+                    35, "--gender", "female", "--seed", 5, "--out", out, "--quiet", *([flag] if flag else [])) == 0
+    default, reference = (np.asarray(Image.open(p)).astype(int) for p in outs.values())
+    assert (default != reference).any()  # the switch reaches the core (its effect is tested there)
+
+
 def test_several_ages_write_a_folder(tiny_models, astronaut_face, tmp_path):
     out = tmp_path / "sweep"
     assert _run("age", astronaut_face, "--models", tiny_models, "--aligned", "--target-age", 10,

@@ -437,6 +437,15 @@ def test_given_source_age_and_gender_need_no_faces(comfy, model, aligned):
             gender="male", faces=None, seed=0, strength=0.0)
 
 
+def test_reference_inference_option_reaches_the_core(comfy, model, aligned):
+    crops, _ = aligned
+    options = dict(model=model, image=crops[:1], target_ages="70", source_age=30, gender="female", faces=None, seed=0,
+                   strength=0.0)
+    aged, aging = run(comfy, "C2C_AdaNIFirstPass", **options, reference_inference=True)
+    assert aging.first.plan.reference_inference and torch.equal(aged * 255, (aged * 255).round())  # 8-bit aged
+    assert not run(comfy, "C2C_AdaNIFirstPass", **options)[1].first.plan.reference_inference  # off by default
+
+
 def test_identity_options_reach_the_core(comfy, model, aligned):
     crops, faces = aligned
     aged, aging = run(comfy, "C2C_AdaNIFirstPass", model=model, image=crops[:1], target_ages="70", source_age=30,

@@ -68,7 +68,8 @@ def _cmd_age(args: argparse.Namespace) -> int:
     progress = progress_bar(args)
     if args.aligned:
         result = model(to_tensor(photo), targets, args.source_age, args.gender, seed=args.seed,
-                       strength=args.strength, id_strength=args.id_strength, callback=progress)
+                       strength=args.strength, id_strength=args.id_strength, callback=progress,
+                       reference_inference=args.reference_inference)
         images = [to_uint8(img) for img in result.images]
     else:
         from ..photo import age_photo
@@ -77,7 +78,7 @@ def _cmd_age(args: argparse.Namespace) -> int:
                            gender=args.gender, face=args.face, seed=args.seed, strength=args.strength,
                            id_strength=args.id_strength, alpha=alpha, callback=progress,
                            det_size=args.det_size, det_thresh=args.det_thresh, image_name=str(args.image),
-                           on_no_face=args.no_face)
+                           on_no_face=args.no_face, reference_inference=args.reference_inference)
         if result.no_face:
             print(f"{result.no_face}; wrote the photo unchanged (--no-face skip)", file=sys.stderr)
         for face, age, gender, (est_age, est_gender) in zip(result.faces, result.source_ages, result.genders,
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     age.add_argument("--strength", type=float, default=None, help="override the AdaNI pass-1 strength (0..1]")
     age.add_argument("--id-strength", type=float, default=None, help="override the pass-2 strength (0..1]")
     age.add_argument("--aligned", action="store_true", help="the input is already an FFHQ-aligned face crop")
+    age.add_argument("--reference-inference", action="store_true",
+                     help="reproduce the reference inference script (8-bit aged image, PIL-resized ArcFace input, "
+                          "CLIP fed 0..255 pixels), to compare with the published images")
     age.add_argument("--face", type=_parse_face, default="largest", help="all, largest (default) or a face number")
     age.add_argument("--det-size", type=int, default=640, help="face detector input size")
     age.add_argument("--det-thresh", type=float, default=0.5, help="face detector score threshold")
