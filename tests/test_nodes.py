@@ -341,9 +341,12 @@ ALIGN = dict(detector="buffalo_l", face="largest", face_index=0, det_size=640, d
 
 @pytest.mark.parametrize("node_id", ["C2C_FaceAlign", "C2C_AgePhoto"])
 def test_no_face_is_the_last_input_and_report_the_last_output(comfy, node_id):
-    """Last, so saved workflows keep their widget values and links in place."""
+    """Last (before only the newer optional reference_inference), so saved workflows keep their widget
+    values and links in place."""
     schema = comfy.nodes[node_id].GET_SCHEMA()
-    last = schema.inputs[-1]
+    inputs = [i.id for i in schema.inputs]
+    assert "reference_inference" not in inputs or inputs[-1] == "reference_inference"
+    last = [i for i in schema.inputs if i.id != "reference_inference"][-1]
     assert last.id == "no_face" and last.options == ["error", "skip"] and last.default == "error"
     assert "skip" in last.tooltip and "error" in last.tooltip
     assert [o.io_type for o in schema.outputs][-1] == "STRING" and schema.outputs[-1].id == "report"
