@@ -100,8 +100,6 @@ class Cradle2Cane:
         self.clip_projector = clip_projector.eval()
         self.settings = settings
         self.offload = None  # a runtime.offload.ModelOffload while model CPU offload is on
-        self.identity = IdentityEncoder(self.arcface, self.face_projector, clip, self.clip_projector, settings,
-                                        feature_dtype=self.dtype)
         # Runs switch the shared UNet's LoRA and move weights: one run at a time per instance.
         self._lock = threading.RLock()
 
@@ -206,6 +204,12 @@ class Cradle2Cane:
     @property
     def resolution(self) -> int:
         return self.settings.resolution
+
+    @property
+    def identity(self) -> IdentityEncoder:
+        """The pass-2 conditioning over this model's ArcFace, CLIP and projectors."""
+        return IdentityEncoder(self.arcface, self.face_projector, self.clip, self.clip_projector, self.settings,
+                               feature_dtype=self.dtype)
 
     @property
     def sampler(self) -> Img2ImgSampler:
