@@ -14,7 +14,8 @@ import numpy as np
 
 from .faces.align import AlignedFace, align_faces
 from .faces.paste import paste_back_many
-from .faces.detect import DetectedFace, FaceDetector, NoFaceError, Which, find_insightface_pack
+from .faces.detect import DetectedFace, FaceDetector, NoFaceError, Which
+from .faces.packs import find_insightface_pack
 from .method.prompts import MAX_AGE, MIN_AGE, check_age, check_gender
 from .method.sampler import StepCallback
 

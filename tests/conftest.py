@@ -36,3 +36,26 @@ def faces():
     """Two deterministic 128 px 'faces' (the tiny model's resolution)."""
     generator = torch.Generator().manual_seed(1234)
     return torch.rand(2, 3, 128, 128, generator=generator)
+
+
+@pytest.fixture(scope="session")
+def real_faces(tmp_path_factory):
+    """The real SCRFD detector pack and real photos (``tests/real_faces.py``), fetched from PyPI once
+    and cached; skips only when the registry cannot be reached."""
+    from real_faces import fetch_archive, unpack
+
+    return unpack(fetch_archive(), tmp_path_factory.mktemp("real_faces"))
+
+
+@pytest.fixture(scope="session")
+def real_models(tiny_models, real_faces, tmp_path_factory):
+    """The tiny model set with the real detector pack in place of the planted one (linked, not copied)."""
+    from pathlib import Path
+
+    models = tmp_path_factory.mktemp("real_models") / "models"
+    models.mkdir()
+    for entry in Path(tiny_models).iterdir():
+        if entry.name != "insightface":
+            (models / entry.name).symlink_to(entry)
+    (models / "insightface").symlink_to(real_faces.pack.parents[1])
+    return models

@@ -384,7 +384,7 @@ def test_nodes_load_without_insightface_and_face_nodes_say_what_to_install(comfy
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
     classes = asyncio.run(comfy.extension.get_node_list())
     assert len(classes) == len(NODE_NAMES)
-    face_module = sys.modules[f"{PACK}.cradle2cane.faces.detect"]
+    face_module = sys.modules[f"{PACK}.cradle2cane.faces.packs"]
     face_module.clear_detector_cache()
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         run(comfy, "C2C_FaceAlign", image=photo, detector="buffalo_l", face="largest", face_index=0,
@@ -694,7 +694,8 @@ def test_workflows_cover_the_use_cases():
 def test_example_image_is_small_and_shows_a_face(tiny_models):
     from PIL import Image
 
-    from cradle2cane.faces.detect import FaceDetector, find_insightface_pack
+    from cradle2cane.faces.detect import FaceDetector
+    from cradle2cane.faces.packs import find_insightface_pack
 
     path = ROOT / "assets" / "astronaut.jpg"
     assert path.stat().st_size < 150_000

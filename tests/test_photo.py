@@ -6,7 +6,8 @@ from PIL import Image
 
 from cradle2cane.tools.cli import main
 from cradle2cane.faces.paste import face_mask
-from cradle2cane.faces.detect import FaceDetector, NoFaceError, find_insightface_pack
+from cradle2cane.faces.detect import FaceDetector, NoFaceError
+from cradle2cane.faces.packs import find_insightface_pack
 from cradle2cane.photo import age_photo
 from cradle2cane.testing.planted_faces import FEMALE_FACE_RGB, paint_face
 

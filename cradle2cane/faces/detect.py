@@ -2,45 +2,46 @@
 
 Cradle2Cane was trained on FFHQ crops, so a photo must be turned into such crops first
 (``align``) and the aged crops put back afterwards. :class:`FaceDetector` runs an insightface pack
-(``buffalo_l``, ``antelopev2``: SCRFD detector plus the genderage model) through insightface's own
-model router, on CUDA when onnxruntime offers it. insightface and onnxruntime are imported only
-when needed.
+(``buffalo_l``, ``antelopev2``: SCRFD detector plus the genderage model; loaded by ``packs``)
+through insightface's own model router, on CUDA when onnxruntime offers it.
+
+The photo is always scaled here, not by insightface, and handed to the detector at exactly its
+input size: area-averaged when shrinking (a 4000px photo does not alias), and letterboxed into
+detectors exported with a fixed input (such as a 640x640 SCRFD), which insightface cannot run at
+any other size. A ``det_size`` larger than such a fixed input is covered by overlapping tiles.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Literal, Union
 
 import numpy as np
 
 from ..files.images import to_rgb_uint8
+from .packs import PackSpec, Providers, LoadedPack, loaded_pack, resolve_pack_dir, resolve_providers
 
 logger = logging.getLogger(__name__)
 
-PACK_NAMES: tuple[str, ...] = ("buffalo_l", "antelopev2")
-"""insightface packs that hold an SCRFD detector and the genderage model, in the order searched."""
-PACK_URLS: dict[str, str] = {
-    "buffalo_l": "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
-    "antelopev2": "https://github.com/deepinsight/insightface/releases/download/v0.7/antelopev2.zip",
-}
 MIN_FACE_SIZE: int = 32
 """Faces whose box is narrower than this (photo pixels) are refused: the aligned crop would be mush."""
 MIN_DET_SIZE: int = 160
 """The smallest detector input tried when a large close-up face is missed."""
-CACHE_SIZE: int = 4
-"""Loaded packs kept, keyed by (pack folder, providers, det_size)."""
+TILE_OVERLAP: float = 0.25
+"""Overlap of neighbouring tiles, as a fraction of the tile side: faces up to this size (in detector
+pixels) always lie whole inside one tile; larger ones are found on the whole photo."""
 
-Providers = Union[Literal["auto", "cpu", "cuda"], Sequence[str]]
 Which = Union[Literal["largest", "all"], int]
-PackSpec = Union[str, Path, tuple[Union[str, Path], str]]
+
+
+def _import_cv2() -> Any:
+    try:
+        import cv2
+    except ImportError as error:
+        raise ImportError("face alignment needs OpenCV: pip install opencv-python-headless") from error
+    return cv2
 
 
 class NoFaceError(ValueError):
@@ -97,214 +98,6 @@ class DetectedFace:
         return min(self.width, self.height)
 
 
-# --------------------------------------------------------------------------- optional imports
-
-
-def _import_cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as error:
-        raise ImportError("face alignment needs OpenCV: pip install opencv-python-headless") from error
-    return cv2
-
-
-def _import_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError(
-            "face detection needs ONNX Runtime: pip install onnxruntime "
-            "(the GPU build of ONNX Runtime works too)"
-        ) from error
-    return onnxruntime
-
-
-def _import_model_zoo() -> Any:
-    _import_onnxruntime()
-    try:
-        from insightface.model_zoo import model_zoo
-    except ImportError as error:
-        raise ImportError("face detection needs insightface: pip install insightface") from error
-    return model_zoo
-
-
-# --------------------------------------------------------------------------- model packs
-
-
-def _pack_folder(candidate: Path) -> Path | None:
-    """``candidate`` if it holds .onnx files; also accepts the ``antelopev2/antelopev2``
-    nesting the release zip produces when unpacked into a folder of its own name."""
-    if candidate.is_dir():
-        if any(candidate.glob("*.onnx")):
-            return candidate
-        nested = candidate / candidate.name
-        if nested.is_dir() and any(nested.glob("*.onnx")):
-            return nested
-    return None
-
-
-def resolve_pack_dir(pack: PackSpec) -> Path:
-    """The folder of ONNX files for ``pack``: a folder path, or ``(root, name)`` in
-    insightface's ``root/models/name`` layout (ComfyUI: ``models/insightface``)."""
-    if isinstance(pack, tuple):
-        root, name = Path(pack[0]).expanduser(), str(pack[1])
-        candidates = [root / "models" / name, root / name]
-    else:
-        name = Path(pack).name
-        candidates = [Path(pack).expanduser()]
-    for candidate in candidates:
-        found = _pack_folder(candidate)
-        if found is not None:
-            return found
-    searched = ", ".join(str(c) for c in candidates)
-    url = PACK_URLS.get(name, PACK_URLS["buffalo_l"])
-    raise FileNotFoundError(
-        f"insightface pack {name!r} not found or holds no .onnx files (searched {searched}); "
-        f"download {url} and unzip it so that {candidates[0]} holds the .onnx files"
-    )
-
-
-def find_insightface_pack(models_dir: str | Path, name: str | None = None) -> Path:
-    """Find a pack under a standalone ``--models DIR`` (``DIR/insightface/models/<pack>``).
-
-    With ``name`` None the first of :data:`PACK_NAMES` present wins.
-    """
-    models_dir = Path(models_dir).expanduser()
-    names = [name] if name else list(PACK_NAMES)
-    searched: list[Path] = []
-    for pack in names:
-        for candidate in (models_dir / "insightface" / "models" / pack, models_dir / "insightface" / pack):
-            searched.append(candidate)
-            found = _pack_folder(candidate)
-            if found is not None:
-                return found
-    wanted = name or "buffalo_l"
-    raise FileNotFoundError(
-        f"no insightface face pack found (searched {', '.join(str(s) for s in searched)}); download "
-        f"{PACK_URLS.get(wanted, PACK_URLS['buffalo_l'])} and unzip it to "
-        f"{models_dir / 'insightface' / 'models' / wanted}"
-    )
-
-
-def resolve_providers(providers: Providers = "auto") -> list[str]:
-    """onnxruntime execution providers: ``auto`` = CUDA when this onnxruntime build has it,
-    always with the CPU as fallback; ``cpu``; ``cuda`` (an error if unavailable); or an
-    explicit list passed through."""
-    ort = _import_onnxruntime()
-    available = list(ort.get_available_providers())
-    cuda = "CUDAExecutionProvider"
-    if isinstance(providers, str):
-        choice = providers.lower()
-        if choice == "cpu":
-            return ["CPUExecutionProvider"]
-        if choice in ("auto", "cuda"):
-            if cuda in available:
-                return [cuda, "CPUExecutionProvider"]
-            if choice == "cuda":
-                raise ValueError(
-                    f"providers='cuda' but this onnxruntime has no CUDAExecutionProvider "
-                    f"(available: {', '.join(available)}); install the GPU build of onnxruntime "
-                    f"or use providers='auto' / 'cpu'"
-                )
-            return ["CPUExecutionProvider"]
-        raise ValueError(f"providers must be 'auto', 'cpu', 'cuda' or a list of provider names, got {providers!r}")
-    chosen = [str(p) for p in providers]
-    if not chosen:
-        raise ValueError("providers: the list is empty")
-    return chosen
-
-
-def _onnx_task(path: Path) -> str | None:
-    """What insightface's router would make of ``path``, read from the graph alone so
-    that recognition / landmark models in the pack are never loaded."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
-    if len(graph.output) >= 5:
-        return "detection"
-    if not graph.input:
-        return None
-    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) == 4 and dims[2] == 96 and dims[3] == 96:
-        return "genderage"  # or another attribute model: the router's taskname decides
-    return None
-
-
-@dataclass
-class _LoadedPack:
-    detector: Any
-    genderage: Any | None
-    providers: list[str]
-    lock: threading.Lock
-
-
-_CACHE: OrderedDict[tuple[str, tuple[str, ...], int], _LoadedPack] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-
-
-def clear_detector_cache() -> None:
-    """Forget loaded packs (frees their ONNX sessions once no detector uses them)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
-def _load_pack(pack_dir: Path, providers: list[str], det_size: int) -> _LoadedPack:
-    ort = _import_onnxruntime()
-    model_zoo = _import_model_zoo()
-    ort.set_default_logger_severity(3)
-    detector = genderage = None
-    for path in sorted(pack_dir.glob("*.onnx")):
-        task = _onnx_task(path)
-        if task is None or (task == "detection" and detector is not None) or (
-            task == "genderage" and genderage is not None
-        ):
-            continue
-        # insightface prints provider and normalisation details; keep them out of the user's console.
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = model_zoo.get_model(str(path), providers=providers)
-        if model is None or getattr(model, "taskname", None) != task:
-            logger.debug("insightface did not route %s as %s; skipped", path, task)
-            continue
-        if task == "detection":
-            detector = model
-        else:
-            genderage = model
-    if detector is None:
-        raise FileNotFoundError(
-            f"no face detector (SCRFD .onnx with 5+ outputs) in {pack_dir}; use a complete "
-            f"buffalo_l or antelopev2 pack ({PACK_URLS['buffalo_l']})"
-        )
-    if genderage is None:
-        logger.warning("no genderage model in %s: source age and gender will not be estimated", pack_dir)
-    with contextlib.redirect_stdout(io.StringIO()):
-        detector.prepare(0, input_size=(det_size, det_size), det_thresh=0.5)
-        if genderage is not None:
-            genderage.prepare(0)
-    active = list(detector.session.get_providers())
-    if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in active:
-        logger.warning(
-            "face detector asked for CUDA but onnxruntime runs it on %s (CUDA/cuDNN libraries "
-            "not found or not matching); detection still works, only slower", ", ".join(active)
-        )
-    logger.debug("loaded face pack %s on %s", pack_dir, ", ".join(active))
-    return _LoadedPack(detector, genderage, active, threading.Lock())
-
-
-def _cached_pack(pack_dir: Path, providers: list[str], det_size: int) -> _LoadedPack:
-    key = (str(pack_dir.resolve()), tuple(providers), int(det_size))
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-            return hit
-        loaded = _load_pack(pack_dir, providers, det_size)
-        _CACHE[key] = loaded
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
-        return loaded
-
-
 # --------------------------------------------------------------------------- detection
 
 
@@ -313,7 +106,7 @@ class FaceDetector:
 
     ``pack`` is the pack folder, or ``(root, name)`` with insightface's
     ``root/models/name`` layout (ComfyUI: ``(models/insightface, "buffalo_l")``).
-    Loading happens on first use and is cached per (pack, providers, det_size).
+    Loading happens on first use and is cached per (pack, providers).
     """
 
     def __init__(
@@ -343,12 +136,6 @@ class FaceDetector:
             f"det_size={self.det_size}, det_thresh={self.det_thresh})"
         )
 
-    @property
-    def work_side(self) -> int:
-        """Photos with a longer side are detected on an area-downscaled copy of this size
-        (better than letting the detector's own bilinear resize alias a 4000px photo)."""
-        return max(2 * self.det_size, 1024)
-
     def retry_sizes(self) -> list[int]:
         """Detector input sizes tried in turn until one finds a face: a face filling most of
         the frame is too big for SCRFD's largest anchors at ``det_size``, but not at half."""
@@ -357,60 +144,74 @@ class FaceDetector:
             sizes.append((sizes[-1] // 2) // 32 * 32)
         return sizes
 
-    def _pack(self) -> _LoadedPack:
-        return _cached_pack(self.pack_dir, resolve_providers(self.providers), self.det_size)
+    def _pack(self) -> LoadedPack:
+        return loaded_pack(self.pack_dir, resolve_providers(self.providers))
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """All faces in ``image`` (RGB/RGBA/grey, uint8 or float 0..1), numbered and ordered
         left to right; an empty list when there are none."""
-        cv2 = _import_cv2()
         rgb = to_rgb_uint8(image)
-        height, width = rgb.shape[:2]
-        scale_xy = np.ones(2)
-        if max(height, width) > self.work_side:
-            scale = self.work_side / max(height, width)
-            small = (max(1, round(width * scale)), max(1, round(height * scale)))
-            logger.debug("detecting on a downscaled %dx%d copy of the %dx%d photo", *small, width, height)
-            rgb = cv2.resize(rgb, small, interpolation=cv2.INTER_AREA)
-            scale_xy = np.array([small[0] / width, small[1] / height])
-        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         pack = self._pack()
-        boxes = kpss = None
+        boxes, points = np.zeros((0, 5)), np.zeros((0, 5, 2))
         with pack.lock:
             pack.detector.det_thresh = self.det_thresh  # both old and new SCRFD read it here
             for size in self.retry_sizes():
-                boxes, kpss = pack.detector.detect(bgr, input_size=(size, size), max_num=0)
+                boxes, points = self._detect_at(pack, rgb, size)
                 if len(boxes):
                     if size != self.det_size:
                         logger.info("face found at det_size %d after none at %d", size, self.det_size)
                     break
                 logger.debug("no face at det_size %d", size)
-            faces = []
-            for i in range(0 if boxes is None else len(boxes)):
-                age, gender = self._age_gender(pack, bgr, boxes[i], None if kpss is None else kpss[i])
-                faces.append((boxes[i], None if kpss is None else kpss[i], age, gender))
-        results = []
-        for box, kps, age, gender in faces:
-            bbox = np.asarray(box[:4], np.float64).reshape(2, 2)
-            bbox = ((bbox + 0.5) / scale_xy - 0.5).reshape(4)
-            if kps is None:
-                raise ValueError(f"the detector in {self.pack_dir} gives no landmarks; use an SCRFD *kps* model")
-            points = (np.asarray(kps, np.float64) + 0.5) / scale_xy - 0.5
-            results.append(DetectedFace(bbox=bbox, score=float(box[4]), kps=points, age=age, gender=gender))
-        results.sort(key=lambda f: (f.bbox[0] + f.bbox[2]) / 2)
+            bgr = np.ascontiguousarray(rgb[:, :, ::-1]) if len(boxes) and pack.genderage is not None else None
+            estimates = [_age_gender(pack, bgr, box, kps) for box, kps in zip(boxes, points)]
+        results = [DetectedFace(bbox=box[:4].copy(), score=float(box[4]), kps=kps, age=age, gender=gender)
+                   for box, kps, (age, gender) in zip(boxes, points, estimates)]
+        results.sort(key=lambda f: ((f.bbox[0] + f.bbox[2]) / 2, (f.bbox[1] + f.bbox[3]) / 2))
         return [replace(face, index=i) for i, face in enumerate(results)]
 
-    @staticmethod
-    def _age_gender(
-        pack: _LoadedPack, bgr: np.ndarray, box: np.ndarray, kps: np.ndarray | None
-    ) -> tuple[int | None, Literal["male", "female"] | None]:
-        if pack.genderage is None:
-            return None, None
-        from insightface.app.common import Face
+    def _detect_at(self, pack: LoadedPack, rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes with scores (N, 5) and landmarks (N, 5, 2), in photo pixels, of the faces found with
+        the photo scaled so that its longer side is ``size`` detector pixels."""
+        height, width = rgb.shape[:2]
+        tile = pack.fixed_input or (size, size)
+        scaled, scale = _scaled(rgb, size)
+        logger.debug("detecting at %dx%d (photo %dx%d, detector input %dx%d)", scaled.shape[1],
+                     scaled.shape[0], width, height, *tile)
+        if scaled.shape[1] <= tile[0] and scaled.shape[0] <= tile[1]:
+            return _to_photo(*self._run(pack, scaled, (0, 0), tile), scale)
+        # Larger than a fixed-size detector's input: overlapping tiles for the faces that fit in the
+        # overlap, plus the whole photo fitted into one input for the larger ones.
+        fitted, fitted_scale = _scaled(rgb, int(min(tile[0] / width, tile[1] / height) * max(width, height)))
+        found = [_to_photo(*self._run(pack, fitted, (0, 0), tile), fitted_scale)]
+        xs, ys = _tile_starts(scaled.shape[1], tile[0]), _tile_starts(scaled.shape[0], tile[1])
+        for j in range(len(ys)):
+            for i in range(len(xs)):
+                boxes, points = self._run(pack, scaled, (xs[i], ys[j]), tile)
+                centre = (boxes[:, :2] + boxes[:, 2:4]) / 2
+                keep = (_in_core(centre[:, 0], xs, i, tile[0]) & _in_core(centre[:, 1], ys, j, tile[1])
+                        & (np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+                           <= TILE_OVERLAP * min(tile)))
+                found.append(_to_photo(boxes[keep], points[keep], scale))
+        boxes = np.concatenate([b for b, _ in found])
+        points = np.concatenate([k for _, k in found])
+        order = np.argsort(-boxes[:, 4], kind="stable")
+        keep = order[pack.detector.nms(boxes[order].astype(np.float32))]
+        return boxes[keep], points[keep]
 
-        face = Face(bbox=np.asarray(box[:4], np.float32), kps=kps, det_score=float(box[4]))
-        gender, age = pack.genderage.get(bgr, face)
-        return int(age), ("male" if int(gender) == 1 else "female")
+    def _run(self, pack: LoadedPack, scaled: np.ndarray, corner: tuple[int, int],
+             tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The detector on the ``tile``-sized window of ``scaled`` at ``corner`` (zero-padded where
+        the photo ends): boxes with scores (N, 5) and landmarks (N, 5, 2) in ``scaled`` pixels."""
+        x, y = corner
+        window = scaled[y:y + tile[1], x:x + tile[0]]
+        canvas = np.zeros((tile[1], tile[0], 3), np.uint8)
+        canvas[:window.shape[0], :window.shape[1]] = window[:, :, ::-1]  # insightface takes BGR
+        boxes, kpss = pack.detector.detect(canvas, input_size=tile, max_num=0)
+        if len(boxes) and kpss is None:
+            raise ValueError(f"the detector in {self.pack_dir} gives no landmarks; use an SCRFD *kps* model")
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 5) + [x, y, x, y, 0]
+        points = np.asarray(kpss if len(boxes) else np.zeros((0, 5, 2)), np.float64).reshape(-1, 5, 2) + [x, y]
+        return boxes, points
 
     def find(
         self,
@@ -431,6 +232,57 @@ class FaceDetector:
             det_thresh=self.det_thresh,
             det_size=self.det_size,
         )
+
+
+def _scaled(rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The photo resized so that its longer side is ``size`` (area-averaged when shrinking), and the
+    (x, y) factors it was resized by."""
+    height, width = rgb.shape[:2]
+    factor = size / max(height, width)
+    new = (max(1, round(width * factor)), max(1, round(height * factor)))
+    if new == (width, height):
+        return rgb, np.ones(2)
+    cv2 = _import_cv2()
+    resized = cv2.resize(rgb, new, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return resized, np.array([new[0] / width, new[1] / height])
+
+
+def _to_photo(boxes: np.ndarray, points: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and landmarks from scaled-photo pixels back to photo pixels (pixel centres: photo
+    pixel p lies at (p + 0.5) * scale - 0.5 in the scaled copy)."""
+    corners = (boxes[:, :4].reshape(-1, 2, 2) + 0.5) / scale - 0.5
+    return np.hstack([corners.reshape(-1, 4), boxes[:, 4:5]]), (points + 0.5) / scale - 0.5
+
+
+def _tile_starts(length: int, side: int) -> list[int]:
+    """Where the tiles of ``side`` pixels covering ``length`` start: evenly spread, the first at 0 and
+    the last flush with the end, overlapping by at least ``TILE_OVERLAP * side``."""
+    if length <= side:
+        return [0]
+    step = side - int(TILE_OVERLAP * side)
+    count = -(-(length - side) // step) + 1
+    return [round(k * (length - side) / (count - 1)) for k in range(count)]
+
+
+def _in_core(centre: np.ndarray, starts: list[int], k: int, side: int) -> np.ndarray:
+    """Whether a face centred at ``centre`` belongs to tile ``k`` of ``starts``: the middle of each
+    overlap splits it between the two tiles, so every face is kept from exactly one tile, and a face
+    no larger than the overlap lies whole inside that tile."""
+    low = (starts[k - 1] + side + starts[k]) / 2 if k > 0 else -np.inf
+    high = (starts[k] + side + starts[k + 1]) / 2 if k + 1 < len(starts) else np.inf
+    return (centre >= low) & (centre < high)
+
+
+def _age_gender(pack: LoadedPack, bgr: np.ndarray | None, box: np.ndarray,
+                kps: np.ndarray) -> tuple[int | None, Literal["male", "female"] | None]:
+    """The pack's age and gender estimate for one face of the full-resolution photo."""
+    if pack.genderage is None or bgr is None:
+        return None, None
+    from insightface.app.common import Face
+
+    face = Face(bbox=np.asarray(box[:4], np.float32), kps=np.asarray(kps, np.float32), det_score=float(box[4]))
+    gender, age = pack.genderage.get(bgr, face)
+    return int(age), ("male" if int(gender) == 1 else "female")
 
 
 def select_faces(

@@ -356,21 +356,20 @@ def _recognizer_model(seed: int) -> Any:
     return g.model(inputs, outputs, "planted_recognizer")
 
 
-def write_insightface_pack(pack_dir: Path, seed: int = 0) -> None:
+def write_insightface_pack(pack_dir: Path, seed: int = 0, *, detector: bool = True) -> None:
     """Write the tiny planted pack (detector, genderage, recognizer) to ``pack_dir``.
 
     ``pack_dir`` is the pack folder itself, e.g.
     ``models/insightface/models/buffalo_l``.  The same ``seed`` always gives
-    byte-identical files.
+    byte-identical files.  ``detector=False`` leaves the detector out, for a
+    pack that gets a real detector beside the planted attribute models.
     """
     pack_dir = Path(pack_dir)
     pack_dir.mkdir(parents=True, exist_ok=True)
-    for file_name, model in (
-        (DETECTOR_FILE, _detector_model()),
-        (GENDERAGE_FILE, _genderage_model()),
-        (RECOGNIZER_FILE, _recognizer_model(seed)),
-    ):
-        (pack_dir / file_name).write_bytes(model.SerializeToString())
+    models = [(DETECTOR_FILE, _detector_model)] if detector else []
+    models += [(GENDERAGE_FILE, _genderage_model), (RECOGNIZER_FILE, lambda: _recognizer_model(seed))]
+    for file_name, build in models:
+        (pack_dir / file_name).write_bytes(build().SerializeToString())
     logger.debug("wrote tiny insightface pack to %s", pack_dir)
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..faces.detect import find_insightface_pack
+from ..faces.packs import find_insightface_pack
 from ..files.images import IMAGE_EXTENSIONS
 from ..files.labels import check_label, labels_from_name, read_label_file
 from .arguments import add_model_arguments, load_model
@@ -179,7 +179,7 @@ class GenderAgeEstimator:
         path = _genderage_file(find_insightface_pack(Path(models_dir), pack))
         if providers is None:
             try:
-                from ..faces.detect import resolve_providers
+                from ..faces.packs import resolve_providers
 
                 providers = resolve_providers("auto")
             except ImportError:
