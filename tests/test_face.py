@@ -1,12 +1,14 @@
-"""Faces in the wild: the planted insightface pack, detection, FFHQ alignment, paste-back, loading.
+"""The planted insightface pack, FFHQ alignment, paste-back, image loading, pack lookup and loading.
 
-Every test runs insightface's own router and SCRFD post-processing on the tiny planted pack
-(``cradle2cane.testing.planted_faces``): a face is a blob of skin colour, drawn with ``paint_face``.
+The planted pack (``cradle2cane.testing.planted_faces``) runs through insightface's own router and
+SCRFD post-processing; its detector finds blobs of skin colour (drawn with ``paint_face``), so only
+the tests of the planted pack itself detect with it. How the face code behaves on real faces
+(ordering, ``largest``, close-ups, small, huge and rotated photos, crowds) is tested with a real
+detector in ``test_real_faces.py``.
 """
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from cradle2cane.faces import align as A
 from cradle2cane.faces import paste as P
 from cradle2cane.faces import detect as F
+from cradle2cane.faces import packs
 from cradle2cane.files import images as I
 from cradle2cane.testing import planted_faces as T
 
@@ -48,10 +51,6 @@ def photo(width: int = 640, height: int = 480, *faces, blur: float = 0.0) -> np.
     return image
 
 
-def centre(face: F.DetectedFace) -> np.ndarray:
-    return np.array([(face.bbox[0] + face.bbox[2]) / 2, (face.bbox[1] + face.bbox[3]) / 2])
-
-
 # --------------------------------------------------------------------------- the planted pack
 
 
@@ -66,6 +65,8 @@ def test_pack_is_deterministic_and_routed_by_insightface(tmp_path, insightface_r
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes()
     assert (a / "w600k_r50.onnx").read_bytes() != (c / "w600k_r50.onnx").read_bytes()
+    T.write_insightface_pack(tmp_path / "attributes", detector=False)  # for a real detector to join
+    assert sorted(p.name for p in (tmp_path / "attributes").glob("*.onnx")) == names[1:]
 
     from insightface.app import FaceAnalysis
 
@@ -140,7 +141,7 @@ def test_align_face_output_and_reflect_padding():
     assert grey.image.shape == (64, 64, 3)
 
 
-# --------------------------------------------------------------------------- detect -> align -> paste
+# --------------------------------------------------------------------------- align -> paste
 
 
 def _aligned_coordinates(face: A.AlignedFace, shape) -> np.ndarray:
@@ -149,10 +150,9 @@ def _aligned_coordinates(face: A.AlignedFace, shape) -> np.ndarray:
     return points @ face.matrix.T  # photo pixel -> aligned pixel
 
 
-def test_round_trip_is_lossless_outside_mask_and_close_inside(detector):
+def test_round_trip_is_lossless_outside_mask_and_close_inside():
     image = photo(640, 480, ((300, 250), 160), blur=6.0)
-    faces = detector.find(image)
-    aligned = A.align_face(image, faces[0], size=512)
+    aligned = A.align_face(image, T.expected_face((300, 250), 160)["kps"], size=512)
     out = P.paste_back(image, aligned.image, aligned)
     assert out.dtype == np.uint8 and out.shape == image.shape
 
@@ -171,10 +171,9 @@ def test_round_trip_is_lossless_outside_mask_and_close_inside(detector):
     assert np.abs(changed.astype(int) - image.astype(int))[core].mean() > 50
 
 
-def test_paste_back_float_rgba_resolution_and_colour_match(detector):
+def test_paste_back_float_rgba_resolution_and_colour_match():
     image = photo(400, 300, ((200, 150), 110), blur=3.0)
-    faces = detector.find(image)
-    aligned = A.align_face(image, faces[0], size=256)
+    aligned = A.align_face(image, T.expected_face((200, 150), 110)["kps"], size=256)
     coords = _aligned_coordinates(aligned, image.shape)
     radius = np.hypot(coords[..., 0] - 127.5, coords[..., 1] - 127.5)
     outside = radius > 0.9 * 128 + 2
@@ -197,47 +196,6 @@ def test_paste_back_float_rgba_resolution_and_colour_match(detector):
     assert np.array_equal(out[outside], floats[outside])
     with pytest.raises(ValueError, match="aligned from a 400x300 photo"):
         P.paste_back(image[:100], aligned.image, aligned)
-
-
-def test_multi_face_order_selection_and_paste(detector):
-    specs = [((520, 240), 90), ((110, 250), 150), ((320, 230), 60)]
-    image = photo(640, 480, *specs, blur=1.5)
-    faces = detector.detect(image)
-    assert [f.index for f in faces] == [0, 1, 2]
-    xs = [centre(f)[0] for f in faces]
-    assert xs == sorted(xs) and abs(xs[0] - 110) < 3 and abs(xs[2] - 520) < 3
-
-    assert F.select_faces(faces, "largest")[0].index == 0  # the 150px face on the left
-    assert [f.index for f in F.select_faces(faces, "all")] == [0, 1, 2]
-    assert F.select_faces(faces, 1)[0].index == 1
-    assert F.select_faces(faces, -1)[0].index == 2
-    with pytest.raises(ValueError, match="only 3 face"):
-        F.select_faces(faces, 3)
-
-    chosen = detector.find(image, "all")
-    aligned = A.align_faces(image, chosen, size=256)
-    assert [a.face_index for a in aligned] == [0, 1, 2]
-    out = P.paste_back_many(image, [1.0 - a.image for a in aligned], aligned, color_match="none")
-    for face in chosen:  # every face centre changed
-        x, y = np.round(centre(face)).astype(int)
-        assert np.abs(out[y, x].astype(int) - image[y, x].astype(int)).max() > 60
-    assert np.array_equal(out[:5], image[:5]) and np.array_equal(out[-5:], image[-5:])
-
-
-def test_real_photo_end_to_end(detector):
-    from skimage import data
-
-    image = data.astronaut()
-    faces = detector.find(image, image_name="astronaut.png")
-    assert len(faces) == 1
-    cx, cy = centre(faces[0])
-    assert 180 < cx < 260 and 80 < cy < 170  # the astronaut's face
-    aligned = A.align_face(image, faces[0], size=512)
-    older = np.clip(aligned.image * 0.8 + 0.1, 0, 1)
-    out = P.paste_back(image, older, aligned)
-    assert out.shape == image.shape and out.dtype == np.uint8
-    assert not np.array_equal(out, image)
-    assert np.array_equal(out[400:], image[400:])
 
 
 @pytest.mark.parametrize("encoding", ["png", "jpeg"])
@@ -282,75 +240,23 @@ def test_no_face_raises_with_image_and_index(detector):
         assert part in message
 
 
-def test_tiny_face_is_refused(detector):
-    image = photo(640, 480, ((320, 240), 24))
-    faces = detector.detect(image)
-    assert len(faces) == 1 and faces[0].size < F.MIN_FACE_SIZE
-    with pytest.raises(F.FaceTooSmallError, match="minimum 32px"):
-        detector.find(image)
-    with pytest.raises(F.FaceTooSmallError):
-        F.select_faces(faces, 0)
-    assert F.select_faces(faces, "largest", min_face_size=8)[0] is faces[0]
-    # a big face next to a tiny one: "all" keeps the big one only
-    both = detector.find(photo(640, 480, ((150, 240), 150), ((500, 240), 24)), "all")
-    assert len(both) == 1 and abs(centre(both[0])[0] - 150) < 3
-
-
-def test_huge_photo_is_detected_on_a_downscaled_copy(detector, caplog):
-    image = photo(4000, 3000, ((1500, 1200), 600))
-    with caplog.at_level(logging.DEBUG, logger="cradle2cane.faces.detect"):
-        faces = detector.find(image)
-    assert any("downscaled 1280x960 copy" in r.getMessage() for r in caplog.records)
-    expected = T.expected_face((1500, 1200), 600)
-    np.testing.assert_allclose(faces[0].kps, expected["kps"], atol=8.0)
-    aligned = A.align_face(image, faces[0], size=256)  # shrinks before warping
-    assert aligned.image.shape == (256, 256, 3)
-    assert np.abs(aligned.image[128, 128] * 255 - np.array(T.FACE_RGB)).max() < 3
-
-
-def test_close_up_missed_at_det_size_is_found_smaller(detector, caplog):
-    image = photo(640, 640, ((320, 320), 560))
-    with caplog.at_level(logging.INFO, logger="cradle2cane.faces.detect"):
-        faces = detector.find(image)
-    assert any("after none at 640" in r.getMessage() for r in caplog.records)
-    np.testing.assert_allclose(centre(faces[0]), T.expected_face((320, 320), 560)["bbox"].reshape(2, 2).mean(0), atol=4)
-
-
-def test_detect_accepts_rgba_float_and_16_bit_arrays(detector):
-    image = photo(320, 240, ((160, 120), 100))
-    reference = detector.detect(image)
-    variants = [
-        np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]),
-        image.astype(np.float32) / 255.0,
-        image.astype(np.uint16) * 257,
-    ]
-    for variant in variants:
-        faces = detector.detect(variant)
-        assert len(faces) == 1
-        np.testing.assert_allclose(faces[0].kps, reference[0].kps, atol=0.5)
-    assert detector.detect(image.mean(axis=2).astype(np.uint8)) == []  # grey: no skin colour
-    with pytest.raises(ValueError, match="HxW"):
-        detector.detect(np.zeros((4, 4, 2), np.uint8))
+@pytest.mark.parametrize("length, side", [(640, 640), (641, 640), (1280, 640), (6000, 640), (1000, 480)])
+def test_tiles_cover_the_photo_and_share_every_face_once(length, side):
+    starts = F._tile_starts(length, side)
+    assert starts[0] == 0 and starts[-1] + side == max(length, side)
+    overlaps = [a + side - b for a, b in zip(starts, starts[1:])]
+    assert all(o >= F.TILE_OVERLAP * side for o in overlaps)
+    centres = np.arange(0, length, 0.5)
+    owners = np.stack([F._in_core(centres, starts, k, side) for k in range(len(starts))])
+    assert (owners.sum(axis=0) == 1).all()  # every face centre belongs to exactly one tile
+    small = F.TILE_OVERLAP * side / 2  # a face this far either side of its centre lies whole in its tile
+    for k in range(len(starts)):
+        mine = centres[owners[k]]
+        assert (mine - small >= starts[k] - 1e-9).all() or k == 0
+        assert (mine + small <= starts[k] + side + 1e-9).all() or k == len(starts) - 1
 
 
 # --------------------------------------------------------------------------- loading images
-
-
-def test_load_image_applies_exif_orientation(tmp_path, detector):
-    from PIL import Image
-
-    upright = photo(320, 240, ((100, 120), 100), blur=1.0)
-    stored = np.ascontiguousarray(np.rot90(upright, 1))  # the sensor's sideways pixels
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    path = tmp_path / "phone.jpg"
-    Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
-
-    rgb, alpha = I.load_image(path)
-    assert rgb.shape == (240, 320, 3) and rgb.dtype == np.uint8 and alpha is None
-    assert np.abs(rgb.astype(int) - upright).mean() < 3
-    face = detector.find(rgb)[0]
-    assert abs(centre(face)[0] - 100) < 4 and face.kps[0, 1] < face.kps[3, 1]
 
 
 def test_load_image_modes(tmp_path):
@@ -393,44 +299,47 @@ def test_load_image_modes(tmp_path):
 
 
 def test_pack_lookup_layouts_and_errors(tmp_path, insightface_root):
-    assert F.resolve_pack_dir((insightface_root, "buffalo_l")) == insightface_root / "models" / "buffalo_l"
+    assert packs.resolve_pack_dir((insightface_root, "buffalo_l")) == insightface_root / "models" / "buffalo_l"
     models = tmp_path / "models"
     T.write_insightface_pack(models / "insightface" / "models" / "antelopev2" / "antelopev2")  # zip nesting
-    assert F.find_insightface_pack(models) == models / "insightface" / "models" / "antelopev2" / "antelopev2"
+    assert packs.find_insightface_pack(models) == models / "insightface" / "models" / "antelopev2" / "antelopev2"
     with pytest.raises(FileNotFoundError, match=r"buffalo_l.zip") as caught:
         F.FaceDetector((tmp_path / "nowhere", "buffalo_l"))
     assert str(tmp_path / "nowhere" / "models" / "buffalo_l") in str(caught.value)
     with pytest.raises(FileNotFoundError, match="insightface"):
-        F.find_insightface_pack(tmp_path / "empty")
+        packs.find_insightface_pack(tmp_path / "empty")
     with pytest.raises(ValueError, match="multiple of 32"):
         F.FaceDetector((insightface_root, "buffalo_l"), det_size=500)
 
 
-def test_providers_and_cache(insightface_root):
+def test_providers_and_cache(insightface_root, tmp_path):
     import onnxruntime
 
-    assert F.resolve_providers("cpu") == ["CPUExecutionProvider"]
-    auto = F.resolve_providers("auto")
+    assert packs.resolve_providers("cpu") == ["CPUExecutionProvider"]
+    auto = packs.resolve_providers("auto")
     assert auto[-1] == "CPUExecutionProvider"
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert auto == ["CPUExecutionProvider"]
         with pytest.raises(ValueError, match="onnxruntime"):
-            F.resolve_providers("cuda")
+            packs.resolve_providers("cuda")
     with pytest.raises(ValueError, match="providers"):
-        F.resolve_providers("tpu")
+        packs.resolve_providers("tpu")
 
     pack = (insightface_root, "buffalo_l")
     one = F.FaceDetector(pack, providers="cpu", det_size=320)
-    two = F.FaceDetector(pack, providers="cpu", det_size=320, det_thresh=0.7)
-    assert one._pack() is two._pack()  # one load, whatever the threshold
-    for size in (160, 192, 224, 256, 288):
-        F.FaceDetector(pack, providers="cpu", det_size=size)._pack()
-    assert len(F._CACHE) <= F.CACHE_SIZE
+    two = F.FaceDetector(pack, providers="cpu", det_size=640, det_thresh=0.7)
+    assert one._pack() is two._pack()  # one load, whatever the size and threshold
+    assert one._pack().fixed_input is None  # the planted detector takes any input size
+    for n in range(packs.CACHE_SIZE + 1):
+        T.write_insightface_pack(tmp_path / str(n))
+        F.FaceDetector(tmp_path / str(n), providers="cpu")._pack()
+    assert len(packs._CACHE) == packs.CACHE_SIZE
 
 
 def test_importing_the_core_stays_light():
     code = (
-        "import sys; import cradle2cane.faces.detect, cradle2cane.faces.align, cradle2cane.faces.paste, cradle2cane.testing.planted_faces; "
+        "import sys; import cradle2cane.faces.detect, cradle2cane.faces.packs, cradle2cane.faces.align, cradle2cane.faces.paste, "
+        "cradle2cane.testing.planted_faces; "
         "heavy = {'insightface', 'onnxruntime', 'cv2', 'onnx', 'torch'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
@@ -442,10 +351,10 @@ def test_missing_runtime_says_what_to_install(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match="pip install onnxruntime") as caught:
-        F.resolve_providers("auto")
+        packs.resolve_providers("auto")
     assert "onnxruntime-gpu" not in str(caught.value)
     monkeypatch.setitem(sys.modules, "onnxruntime", onnxruntime)
     monkeypatch.setitem(sys.modules, "insightface", None)
     monkeypatch.setitem(sys.modules, "insightface.model_zoo", None)
     with pytest.raises(ImportError, match="pip install insightface"):
-        F._import_model_zoo()
+        packs._import_model_zoo()

@@ -55,9 +55,9 @@ def inside(point, box) -> bool:
     return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
 
-def assert_each_person_found_once(faces, people):
-    """Every person's face lies in exactly one box and no box holds two people."""
-    holders = [[i for i, f in enumerate(faces) if inside(p, f.bbox)] for p in people]
+def assert_each_person_found_once(boxes, people):
+    """Every person's face lies in exactly one box and no box holds two people; returns those boxes."""
+    holders = [[i for i, box in enumerate(boxes) if inside(p, box)] for p in people]
     assert all(len(h) == 1 for h in holders), [(p, h) for p, h in zip(people, holders) if len(h) != 1]
     assert len({h[0] for h in holders}) == len(people)
     return {h[0] for h in holders}
@@ -75,7 +75,7 @@ def test_the_pack_runs_the_real_fixed_size_detector(detector):
 def test_every_face_of_the_group_photo_is_found_in_order(group_faces):
     faces = group_faces
     assert len(faces) == 29
-    assert_each_person_found_once(faces, PEOPLE)
+    assert_each_person_found_once([f.bbox for f in faces], PEOPLE)
     assert [f.index for f in faces] == list(range(29))
     xs = [centre(f)[0] for f in faces]
     assert xs == sorted(xs)  # numbered left to right by box centre, whatever the row
@@ -188,43 +188,63 @@ def test_det_size_larger_than_the_fixed_input_is_covered_by_tiles(real_faces, ph
     few = FaceDetector(real_faces.pack, providers="cpu").detect(strip)
     assert len(few) < 58
     faces = FaceDetector(real_faces.pack, providers="cpu", det_size=1280).detect(strip)
-    people_found = assert_each_person_found_once(faces, people)
+    people_found = assert_each_person_found_once([f.bbox for f in faces], people)
     assert all(f.score < 0.6 for i, f in enumerate(faces) if i not in people_found)  # a stray near threshold
 
 
 # --------------------------------------------------------------------------- paste back in a crowd
 
 
-def _crop_radius(face: A.AlignedFace, shape) -> np.ndarray:
-    """Each photo pixel's distance from the face's crop centre, in units of half the crop side."""
-    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+def _crop_radius(face: A.AlignedFace, shape) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Around the face (its quad's box): the region and each pixel's distance from the face's crop
+    centre, in units of half the crop side (the masks end at 0.9, the default mask_scale)."""
+    lo = np.maximum(np.floor(face.quad.min(axis=0)).astype(int) - 4, 0)
+    hi = np.minimum(np.ceil(face.quad.max(axis=0)).astype(int) + 5, [shape[1], shape[0]])
+    ys, xs = np.mgrid[lo[1]:hi[1], lo[0]:hi[0]].astype(np.float64)
     u, v = (face.matrix[i, 0] * xs + face.matrix[i, 1] * ys + face.matrix[i, 2] for i in (0, 1))
     centre = (face.size - 1) / 2
-    return np.hypot(u - centre, v - centre) / (face.size / 2)
+    return (slice(lo[1], hi[1]), slice(lo[0], hi[0])), np.hypot(u - centre, v - centre) / (face.size / 2)
 
 
-def test_neighbouring_faces_keep_their_own_middles(photos, group_faces):
-    group = photos["group"][700:1400]  # the rows of faces
-    faces = [replace(f, bbox=f.bbox - [0, 700, 0, 700], kps=f.kps - [0, 700]) for f in group_faces]
-    aligned = A.align_faces(group, faces, size=64)
-    levels = [40 + 6 * i for i in range(len(faces))]  # one grey level per face, told apart at a glance
+def assert_each_pixel_goes_to_the_nearer_face(photo, aligned):
+    """Paste one flat grey level per face: the result does not depend on the order of the faces, and
+    where the masks of two faces overlap, a pixel clearly nearer to one face is what pasting that
+    face alone gives (the neighbour's crop, whose rim holds a copy of this face, does not cover it)."""
+    levels = [40 + 6 * i for i in range(len(aligned))]  # one grey level per face, told apart at a glance
     crops = [np.full((64, 64, 3), level / 255.0, np.float32) for level in levels]
-    out = P.paste_back_many(group, crops, aligned, color_match="none")
-    reverse = P.paste_back_many(group, crops[::-1], aligned[::-1], color_match="none")
-    assert np.array_equal(out, reverse)  # no face is pasted "on top" of another
-    radius = np.stack([_crop_radius(a, group.shape) for a in aligned])
-    ordered = np.sort(radius, axis=0)
-    overlap = ordered[1] < 0.9  # inside two faces' masks (mask_scale 0.9)
-    assert overlap.sum() > 1000  # in this photo neighbours' masks do overlap
-    # Where a pixel is clearly nearer to one face, it is what pasting that face alone gives: the
-    # neighbour's copy of this face (the rim of its crop) does not cover it.
-    clear = overlap & (ordered[1] - ordered[0] > 0.1)
-    nearest = radius.argmin(axis=0)
+    out = P.paste_back_many(photo, crops, aligned, color_match="none")
+    assert np.array_equal(out, P.paste_back_many(photo, crops[::-1], aligned[::-1], color_match="none"))
+    nearest = np.full(photo.shape[:2], -1)
+    first, second = (np.full(photo.shape[:2], np.inf) for _ in range(2))  # the two smallest radii
+    for k, face in enumerate(aligned):
+        where, radius = _crop_radius(face, photo.shape)
+        closer = radius < first[where]
+        second[where] = np.where(closer, first[where], np.minimum(second[where], radius))
+        first[where] = np.where(closer, radius, first[where])
+        nearest[where] = np.where(closer, k, nearest[where])
+    overlap = second < 0.9  # inside two faces' masks
+    assert overlap.sum() > 1000  # the test means something: neighbours' masks do overlap
+    clear = overlap & (second - first > 0.1)
     for k in np.unique(nearest[clear]):
-        alone = P.paste_back(group, crops[k], aligned[k], color_match="none")
+        alone = P.paste_back(photo, crops[k], aligned[k], color_match="none")
         mine = clear & (nearest == k)
         assert np.abs(out[mine].astype(int) - alone[mine]).max() <= 1, k
+    return out
+
+
+def test_neighbours_in_a_group_photo_keep_their_own_faces(photos, group_faces):
+    group = photos["group"][700:1400]  # the rows of faces
+    faces = [replace(f, bbox=f.bbox - [0, 700, 0, 700], kps=f.kps - [0, 700]) for f in group_faces]
+    out = assert_each_pixel_goes_to_the_nearer_face(group, A.align_faces(group, faces, size=64))
     assert (out[..., 0] == out[..., 2]).all()  # a grey photo stays grey
+
+
+def test_two_faces_cheek_to_cheek_keep_their_own_faces(detector, photos):
+    half = photos["newton"][:, 300:440]  # Newton and his mirror image, boxes 4 px apart
+    pair = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
+    faces = detector.find(pair, "all")
+    assert len(faces) == 2 and faces[1].bbox[0] - faces[0].bbox[2] < 10
+    assert_each_pixel_goes_to_the_nearer_face(pair, A.align_faces(pair, faces, size=64))
 
 
 def test_is_greyscale():
@@ -259,8 +279,8 @@ def test_every_face_of_the_group_is_aged_in_batches_and_the_rest_kept(tiny_model
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()  # grey in, grey out
     covered = np.zeros(group.shape[:2], bool)
     for face in result.faces:
-        # the mask ends at 0.9 (mask_scale); bilinear warping spreads it by up to one crop pixel
-        covered |= _crop_radius(face, group.shape) < 0.9 + 2 / face.size
+        where, radius = _crop_radius(face, group.shape)
+        covered[where] |= radius < 0.9 + 2 / face.size  # bilinear warping spreads the mask by a crop pixel
         x, y = np.round(face.kps[2]).astype(int)  # each nose changed
         assert np.abs(out[y - 3:y + 4, x - 3:x + 4].astype(int) - group[y - 3:y + 4, x - 3:x + 4]).max() > 0
     assert np.array_equal(out[~covered], group[~covered])  # the rest of the photo is bit-identical
