@@ -298,21 +298,3 @@ def test_colour_photo_stays_colour_and_a_grey_one_grey(tiny_model, detector, pho
     grey = np.asarray(Image.fromarray(newton).convert("L"))  # a 2-D grey photo comes back 2-D
     out = age_photo(tiny_model, grey, 60, detector=detector).photos[0]
     assert out.shape == grey.shape and (out != grey).sum() > 1000
-
-
-def test_command_line_on_a_real_photo(real_models, real_faces, tmp_path, capsys):
-    from cradle2cane.tools.cli import main
-
-    out = tmp_path / "newton_70.png"
-    assert main(["age", str(real_faces.photos["newton"]), "--models", str(real_models), "--target-age", "70",
-                 "--out", str(out), "--quiet"]) == 0
-    aged, newton = np.asarray(Image.open(out)), load_image(real_faces.photos["newton"])[0]
-    assert aged.shape == newton.shape and (aged != newton).any()
-    assert "face 0: source age" in capsys.readouterr().err
-    from skimage import data
-
-    cat = tmp_path / "cat.png"
-    Image.fromarray(data.chelsea()).save(cat)
-    assert main(["age", str(cat), "--models", str(real_models), "--target-age", "70", "--out",
-                 str(tmp_path / "never.png"), "--quiet"]) == 1
-    assert "no face found in" in capsys.readouterr().err and not (tmp_path / "never.png").exists()
