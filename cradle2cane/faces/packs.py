@@ -197,6 +197,12 @@ def _load_pack(pack_dir: Path, providers: list[str]) -> LoadedPack:
         if model is None or getattr(model, "taskname", None) != task:
             logger.debug("insightface did not route %s as %s; skipped", path, task)
             continue
+        if task == "detection" and type(model).__name__ != "SCRFD":
+            # insightface 0.7.x routes every detector to RetinaFace, whose post-processing cannot
+            # read batched outputs ([1, N, k], as fixed-size exports have); its SCRFD class reads both.
+            from insightface.model_zoo.scrfd import SCRFD
+
+            model = SCRFD(model_file=str(path), session=model.session)
         if task == "detection":
             detector = model
         else:

@@ -1,11 +1,13 @@
-"""A tiny, *planted* insightface model pack for tests and demos.
+"""A tiny, *planted* insightface model pack for tests and demos: a stand-in, not a face detector.
 
-The real face models (``buffalo_l``, ``antelopev2``) cannot be downloaded on
-the machines that build this project, yet the face code must run through
-insightface's own model router, detector post-processing (anchors, NMS,
-letterboxing) and attribute model exactly as it does with real weights.  This
-module writes three small ONNX files built with ``onnx.helper`` that the router
-accepts by their input/output shapes:
+Its detector finds blobs of skin colour, not faces: on real photos it finds
+hands, walls and cats and misses grey portraits, so real results need a real
+pack (``buffalo_l``, ``antelopev2``; the tests also use a real SCRFD fetched
+from PyPI).  What it offers is the real code path: the face code runs through
+insightface's own model router, detector post-processing (anchors, NMS) and
+attribute model exactly as with real weights.  There is no real genderage
+model on any package registry, so the planted one also serves beside a real
+detector.  The three ONNX files are built with ``onnx.helper``:
 
 ``det_10g.onnx``
     SCRFD-style detector: one NCHW image input with symbolic height/width and
@@ -16,8 +18,8 @@ accepts by their input/output shapes:
 ``w600k_r50.onnx``
     112x112 input, 512-d output (a seeded random projection).
 
-How the planted detector finds faces
------------------------------------
+How the planted detector finds blobs
+------------------------------------
 A pixel is "skin" when its chroma ``(R - G, G - B)`` lies within
 :data:`SKIN_RADIUS` of :data:`SKIN_CHROMA` (0..255 units, full strength inside
 ``SKIN_RADIUS - SKIN_RAMP``) and its red is above :data:`SKIN_MIN_RED`, so
@@ -51,23 +53,17 @@ The box and landmarks come from the blob's moments (of the plain skin mask)
 inside a ``3F`` window: centroid ``(cx, cy)`` and equivalent square side
 ``S = sqrt(mass)``.  Then ``bbox = (cx -/+ 0.55 S, cy -/+ 0.65 S)`` and the five
 key points are ``(cx, cy) + S * KPS_OFFSETS`` (eyes above nose above mouth
-corners, placed where they are on the astronaut's face).  Use
-:func:`paint_face` to draw a detectable face and :func:`expected_face` for the
-landmarks the detector will report (within a few pixels).  An all-black or
-grey image has no skin and so no face.  Keep faces at least one face width
-apart (edge to edge) so that one face's window does not see the next one.
+corners, placed where they are on the astronaut's face).  :func:`paint_face`
+draws a detectable face, :func:`expected_face` gives the landmarks reported
+(within a few pixels); keep painted faces a face width apart.  A black or grey
+image has no skin and so no face.  On ``skimage.data.astronaut()`` at the
+default ``det_size=640``, ``det_thresh=0.5`` it reports one face, hers (box about
+``(169, 61)-(272, 183)``, score about 0.95).
 
-On ``skimage.data.astronaut()`` (512x512) at the default ``det_size=640`` and
-``det_thresh=0.5`` the detector reports exactly one face, hers: box about
-``(169, 61)-(272, 183)``, score about 0.95, eyes near y 102 and mouth corners
-near y 143; the orange suit, the straps and the buckle stay well below the
-threshold.
-
-The genderage model looks at the central quarter (24x24) of its 96x96 crop,
-which lies inside the face: age is
-``10 + 70 * mean brightness`` years (0..1 brightness), gender is male when the
-mean red minus blue difference exceeds 65 (of 255): :data:`FACE_RGB` gives a
-male of 61, :data:`FEMALE_FACE_RGB` a female of 62.
+The genderage model looks at the central 24x24 of its 96x96 crop: age is
+``10 + 70 * mean brightness`` years, gender is male when mean red minus blue
+exceeds 65 (of 255): :data:`FACE_RGB` gives a male of 61, :data:`FEMALE_FACE_RGB`
+a female of 62.
 """
 
 from __future__ import annotations
@@ -101,12 +97,9 @@ SCORE_GAIN: float = 12.0
 SCORE_BIAS: float = 0.45
 BOX_HALF: tuple[float, float] = (0.55, 0.65)
 """Half width and half height of the reported box, in units of ``S``."""
-KPS_OFFSETS: np.ndarray = np.array(
-    [[-0.22, -0.21], [0.22, -0.21], [0.0, 0.03], [-0.18, 0.22], [0.18, 0.22]],
-    dtype=np.float64,
-)
-"""Landmarks relative to the blob centroid, in units of ``S``: left eye, right
-eye, nose tip, left and right mouth corners (image left/right)."""
+KPS_OFFSETS: np.ndarray = np.array([[-0.22, -0.21], [0.22, -0.21], [0.0, 0.03], [-0.18, 0.22], [0.18, 0.22]])
+"""Landmarks relative to the blob centroid, in units of ``S``: left eye, right eye, nose tip, left and
+right mouth corners (image left/right)."""
 TEMPLATES: dict[int, tuple[int, int]] = {8: (2, 4), 16: (4, 6), 32: (4, 6)}
 """Per stride, the template side of each anchor in cells of that stride."""
 ELLIPSE_ASPECT: float = 0.8
@@ -121,10 +114,8 @@ _IR_VERSION = 8  # readable by onnxruntime releases ComfyUI users still run
 
 
 def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as error:  # pragma: no cover - onnx is a dependency
-        raise ImportError("writing the tiny face models needs onnx: pip install onnx") from error
+    import onnx  # a dependency of the package
+
     return onnx
 
 
@@ -407,18 +398,3 @@ def expected_face(center: tuple[float, float], size: float) -> dict[str, np.ndar
         "kps": c + KPS_OFFSETS * s,
         "size": np.float64(s),
     }
-
-
-__all__ = [
-    "BOX_HALF",
-    "DETECTOR_FILE",
-    "FACE_RGB",
-    "FEMALE_FACE_RGB",
-    "GENDERAGE_FILE",
-    "KPS_OFFSETS",
-    "RECOGNIZER_FILE",
-    "equivalent_size",
-    "expected_face",
-    "paint_face",
-    "write_insightface_pack",
-]
