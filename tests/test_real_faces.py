@@ -224,7 +224,7 @@ def assert_each_pixel_goes_to_the_nearer_face(photo, aligned):
         nearest[where] = np.where(closer, k, nearest[where])
     overlap = second < 0.9  # inside two faces' masks
     assert overlap.sum() > 1000  # the test means something: neighbours' masks do overlap
-    clear = overlap & (second - first > 0.1)
+    clear = overlap & (np.subtract(second, first, out=np.zeros_like(first), where=overlap) > 0.1)
     for k in np.unique(nearest[clear]):
         alone = P.paste_back(photo, crops[k], aligned[k], color_match="none")
         mine = clear & (nearest == k)

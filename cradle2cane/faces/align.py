@@ -1,8 +1,8 @@
-"""FFHQ-style alignment from five landmarks, and pasting an edited crop back into the photo.
+"""FFHQ-style alignment from five landmarks.
 
-:func:`align_face` warps a face to the FFHQ square; :func:`paste_back` warps an aged crop back
-under a soft mask and leaves every pixel outside the mask untouched. Images are numpy arrays in
-RGB order, uint8 0..255 or float 0..1. OpenCV is imported only when needed.
+:func:`align_face` warps a face to the FFHQ square and keeps the transform, with which ``paste``
+puts the aged crop back. Images are numpy arrays in RGB order, uint8 0..255 or float 0..1. OpenCV
+is imported only when needed.
 """
 
 from __future__ import annotations
@@ -180,8 +180,3 @@ def detect_and_align(
     """Detect, select and align in one call (raises :class:`NoFaceError`)."""
     faces = detector.find(image, which, image_name=image_name, index=index)
     return align_faces(image, faces, size)
-
-
-# --------------------------------------------------------------------------- paste back
-
-
