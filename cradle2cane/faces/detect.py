@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 import numpy as np
 
 from ..files.images import to_rgb_uint8
-from .packs import PackSpec, Providers, LoadedPack, loaded_pack, resolve_pack_dir, resolve_providers
+from .packs import LoadedPack, PackSpec, Providers, loaded_pack, resolve_pack_dir, resolve_providers
 
 logger = logging.getLogger(__name__)
 
