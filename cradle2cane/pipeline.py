@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from .loading import paths as W
-from .loading.components import load_arcface, load_base, load_clip, load_lora, load_projector
+from .loading.components import check_files, load_arcface, load_base, load_clip, load_lora, load_projector
 from .loading.settings import Settings
 from .method.adani import adani_strength, check_strength
 from .method.arcface import IResNet
@@ -124,6 +124,7 @@ class Cradle2Cane:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = resolve_dtype(dtype, device)
         paths = W.ModelPaths.resolve(models_dir, base=base, cradle2cane_dir=cradle2cane_dir, base_config=base_config)
+        check_files(paths)
         settings = Settings.from_file(paths.hparams) if paths.hparams else Settings()
         if paths.hparams is None:
             logger.warning("no %s beside the LoRA in %s; using the released defaults", W.HPARAMS_FILE,

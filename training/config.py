@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from cradle2cane.loading.settings import coerce_scalar, read_yaml_mapping
+from cradle2cane.loading.settings import RANGES, coerce_scalar, range_problem, read_yaml_mapping
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 
@@ -167,6 +167,8 @@ def build_config(config_file: str | Path | None = None, overrides: Mapping[str, 
         for key, value in layer.items():
             kind, nullable = _kind(key, defaults[key])
             values[key] = _coerce(key, value, kind, nullable, source)
+            if key in RANGES and (problem := RANGES[key].problem(key, values[key])):
+                raise ConfigError(f"{source}: {problem}")  # name the file (or --set) the value came from
     for key, value in values.items():  # the defaults themselves, once
         kind, nullable = _kind(key, defaults[key])
         values[key] = _coerce(key, value, kind, nullable or key in REQUIRED, "defaults")
@@ -181,13 +183,13 @@ def check_values(cfg: Config) -> None:
     for key, choices in CHOICES.items():
         if v[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {v[key]!r}")
-    positive = ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps", "rank", "infer_step",
-                "checkpointing_steps", "d_loss_update_step", "age_model_input_size", "d_base_channels", "resolution")
+    positive = ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps", "rank",
+                "checkpointing_steps", "d_loss_update_step", "age_model_input_size", "d_base_channels")
     for key in positive:
         if v[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {v[key]}")
-    if v["resolution"] % 8 or v["resolution"] < 64:
-        raise ConfigError(f"resolution must be a multiple of 8 and at least 64, got {v['resolution']}")
+    if problem := range_problem(v):  # the method's settings: the same bounds as hparams.yml
+        raise ConfigError(problem)
     for key in ("max_train_steps", "max_load_num", "checkpoints_total_limit"):
         if v[key] is not None and v[key] < 1:
             raise ConfigError(f"{key} must be >= 1 or null, got {v[key]}")
@@ -195,11 +197,8 @@ def check_values(cfg: Config) -> None:
         raise ConfigError("validation_steps, num_validation_images and dataloader_num_workers must be >= 0")
     if not 0 <= v["min_age"] <= v["max_age"] <= 100:
         raise ConfigError(f"need 0 <= min_age <= max_age <= 100, got min_age={v['min_age']}, max_age={v['max_age']}")
-    if not 0 <= v["t1"] <= v["t2"] <= 100:
-        raise ConfigError(f"need 0 <= t1 <= t2 <= 100, got t1={v['t1']}, t2={v['t2']}")
-    for key in ("id_strength", "aged_strength"):
-        if not 0 < v[key] <= 1:
-            raise ConfigError(f"{key} must be in (0, 1], got {v[key]}")
+    if not 0 < v["aged_strength"] <= 1:
+        raise ConfigError(f"aged_strength must be in (0, 1], got {v['aged_strength']}")
     if not 0 <= v["same_age_rate"] <= 1:
         raise ConfigError(f"same_age_rate must be in 0..1, got {v['same_age_rate']}")
     if v["age_scale"] < 0:

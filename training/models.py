@@ -16,7 +16,7 @@ import torch
 from cradle2cane.loading import paths as W
 from cradle2cane.method.arcface import IResNet, network_name
 from cradle2cane.method.clip_features import ClipFeatures, ClipPreprocess
-from cradle2cane.loading.components import load_arcface, load_base, load_clip
+from cradle2cane.loading.components import check_files, load_arcface, load_base, load_clip
 from cradle2cane.method.lora import LORA_ADAPTER, add_lora
 from cradle2cane.method.projectors import ProjectorMLP
 from cradle2cane.loading.settings import Settings
@@ -84,6 +84,7 @@ def build_settings(cfg: Config, arcface: IResNet, unet_width: int, clip_width: i
 def load_parts(cfg: Config, weight_dtype: torch.dtype, device: torch.device) -> TrainParts:
     """Frozen base, CLIP and ArcFace (core loaders), a fresh LoRA and fresh projectors (float32)."""
     paths = resolve_paths(cfg)
+    check_files(paths)
     clip_model, tokenizer = load_clip(paths.clip, weight_dtype)
     pipe = load_base(paths, tokenizer, weight_dtype)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):

@@ -186,14 +186,20 @@ def _load_pack(pack_dir: Path, providers: list[str]) -> LoadedPack:
     ort.set_default_logger_severity(3)
     detector = genderage = None
     for path in sorted(pack_dir.glob("*.onnx")):
-        task = _onnx_task(path)
-        if task is None or (task == "detection" and detector is not None) or (
-            task == "genderage" and genderage is not None
-        ):
-            continue
-        # insightface prints provider and normalisation details; keep them out of the user's console.
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = model_zoo.get_model(str(path), providers=providers)
+        try:
+            task = _onnx_task(path)
+            if task is None or (task == "detection" and detector is not None) or (
+                task == "genderage" and genderage is not None
+            ):
+                continue
+            # insightface prints provider and normalisation details; keep them out of the user's console.
+            with contextlib.redirect_stdout(io.StringIO()):
+                model = model_zoo.get_model(str(path), providers=providers)
+        except Exception as exc:  # onnx/protobuf/onnxruntime raise many types, none naming the file
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            url = PACK_URLS.get(pack_dir.name, PACK_URLS["buffalo_l"])
+            raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {first_line}); "
+                             f"re-download the pack from {url}") from exc
         if model is None or getattr(model, "taskname", None) != task:
             logger.debug("insightface did not route %s as %s; skipped", path, task)
             continue

@@ -12,14 +12,35 @@ from pathlib import Path
 import torch
 
 from . import paths as W
-from .state_dicts import check_shapes, load_pickle_state_dict, load_state_dict_file
+from .state_dicts import (check_lora, check_module_finite, check_readable, check_shapes, load_pickle_state_dict,
+                          load_state_dict_file)
 from ..method.arcface import IResNet, iresnet_from_state_dict, network_name
-from ..method.lora import LORA_ADAPTER, tuner_layers
+from ..method.lora import LORA_ADAPTER
 from ..method.projectors import ProjectorMLP, expected_shapes, projector_from_state_dict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LORA_ADAPTER", "load_arcface", "load_base", "load_clip", "load_lora", "load_projector"]
+__all__ = ["LORA_ADAPTER", "check_files", "load_arcface", "load_base", "load_clip", "load_lora", "load_projector"]
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files transformers/diffusers load from a model folder: no variants
+    (``*.fp16.safetensors``), shards included."""
+    return sorted(p for p in folder.glob("*.safetensors") if p.name.count(".") == 1)
+
+
+def check_files(paths: W.ModelPaths) -> None:
+    """Every weight file's header or archive directory, in milliseconds, before anything is loaded:
+    a truncated or overwritten download is named at once instead of after minutes of loading."""
+    base_parts = [paths.base] if paths.base.is_file() else \
+        [f for sub in sorted(p for p in paths.base.iterdir() if p.is_dir()) for f in _weight_files(sub)]
+    checks = [(f, W.BASE_DIR if paths.base.is_dir() else "single") for f in base_parts]
+    checks += [(f, W.VAE_DIR) for f in (_weight_files(paths.vae) if paths.vae else [])]
+    checks += [(f, W.CLIP_DIR) for f in _weight_files(paths.clip)]
+    checks += [(f, W.C2C_DIR) for f in (paths.arcface, paths.lora, paths.face_projector, paths.clip_projector)
+               if f is not None]
+    for path, name in checks:
+        check_readable(path, W.source_of(name))
 
 
 def load_clip(folder: Path, dtype: torch.dtype):
@@ -29,10 +50,11 @@ def load_clip(folder: Path, dtype: torch.dtype):
     try:
         model = CLIPModel.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
         tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise W.mismatch(folder, f"is not a complete CLIP model folder ({exc})", source) from exc
+    except Exception as exc:  # transformers and safetensors raise many types; name the folder
+        raise W.mismatch(folder, f"is not a complete CLIP model folder ({W.one_line(exc)})", source) from exc
     if len(tokenizer) < 100:  # a missing vocabulary silently yields a 2-token tokenizer
         raise W.mismatch(folder, f"has no usable tokenizer (vocab.json/merges.txt; got {len(tokenizer)} tokens)", source)
+    check_module_finite(model, folder, source)
     return model.eval().requires_grad_(False), tokenizer
 
 
@@ -50,23 +72,38 @@ def _load_base(paths: W.ModelPaths, clip_tokenizer, dtype: torch.dtype):
 
     vae = None
     if paths.vae is not None:
-        vae = AutoencoderKL.from_pretrained(str(paths.vae), torch_dtype=dtype, local_files_only=True)
+        try:
+            vae = AutoencoderKL.from_pretrained(str(paths.vae), torch_dtype=dtype, local_files_only=True)
+        except Exception as exc:  # diffusers and safetensors raise many types; name the folder
+            raise W.mismatch(paths.vae, f"is not a complete diffusers VAE folder ({W.one_line(exc)})",
+                             W.source_of(W.VAE_DIR)) from exc
+        check_module_finite(vae, paths.vae, W.source_of(W.VAE_DIR))
     kwargs = {"vae": vae} if vae is not None else {}
     if paths.base.is_dir():
         try:
             pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
                 str(paths.base), torch_dtype=dtype, local_files_only=True, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise W.mismatch(paths.base, f"is not a complete SDXL diffusers folder ({exc})",
+        except Exception as exc:
+            raise W.mismatch(paths.base, f"is not a complete SDXL diffusers folder ({W.one_line(exc)})",
                              W.source_of(W.BASE_DIR)) from exc
     else:
         from .single_file import SDXL_TURBO_CONFIG_DIR, load_sdxl_single_file
 
         tokenizer_2 = _second_tokenizer(clip_tokenizer)
-        pipe = load_sdxl_single_file(paths.base, paths.base_config or SDXL_TURBO_CONFIG_DIR, clip_tokenizer,
-                                     tokenizer_2, torch_dtype=dtype)
+        try:
+            pipe = load_sdxl_single_file(paths.base, paths.base_config or SDXL_TURBO_CONFIG_DIR, clip_tokenizer,
+                                         tokenizer_2, torch_dtype=dtype)
+        except (ValueError, FileNotFoundError):
+            raise  # our own checks: they already name the file and say what to do
+        except Exception as exc:
+            raise W.mismatch(paths.base, f"cannot be loaded as an SDXL single-file checkpoint ({W.one_line(exc)})",
+                             W.source_of("single")) from exc
         if vae is not None:
             pipe.vae = vae
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if name != "vae" or vae is None:  # a separate VAE was checked above
+            where = paths.base / name if paths.base.is_dir() else paths.base
+            check_module_finite(getattr(pipe, name), where, W.source_of(W.BASE_DIR))
     if dtype == torch.float16 and pipe.vae.config.force_upcast:
         pipe.vae.to(torch.float32)  # the original SDXL VAE overflows in fp16
     pipe.set_progress_bar_config(disable=True)
@@ -83,13 +120,22 @@ def _second_tokenizer(tokenizer):
 
 
 def load_lora(pipe, path: Path) -> None:
+    """The identity LoRA into the UNet, after checking it fits: every targeted layer has both
+    halves, every key has a layer, every shape fits, no NaN/Inf (one line with counts otherwise)."""
+    source = W.source_of(W.C2C_DIR)
     try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise W.mismatch(path, f"cannot be loaded as an SDXL UNet LoRA ({exc})", W.source_of(W.C2C_DIR)) from exc
-    if not tuner_layers(pipe.unet):
-        raise W.mismatch(path, "holds no UNet LoRA weights (expected diffusers/PEFT keys unet.*.lora_A/lora_B)",
-                         W.source_of(W.C2C_DIR))
+        state, alphas, metadata = pipe.lora_state_dict(str(path.parent), weight_name=path.name,
+                                                       unet_config=pipe.unet.config, return_lora_metadata=True,
+                                                       local_files_only=True)
+    except Exception as exc:  # safetensors, diffusers' format conversion: many types
+        raise W.mismatch(path, f"cannot be read as an SDXL UNet LoRA ({W.one_line(exc)})", source) from exc
+    metadata = metadata or {}
+    check_lora(path, state, pipe.unet, metadata.get("unet.target_modules", metadata.get("target_modules")), source)
+    try:
+        pipe.load_lora_into_unet(state, network_alphas=alphas, unet=pipe.unet, adapter_name=LORA_ADAPTER,
+                                 metadata=metadata or None, _pipeline=pipe)
+    except Exception as exc:
+        raise W.mismatch(path, f"cannot be loaded as an SDXL UNet LoRA ({W.one_line(exc)})", source) from exc
 
 
 def load_arcface(path: Path, expected_network: str | None = None) -> IResNet:
@@ -99,7 +145,8 @@ def load_arcface(path: Path, expected_network: str | None = None) -> IResNet:
     try:
         net = iresnet_from_state_dict(state)
     except (KeyError, RuntimeError) as exc:
-        raise W.mismatch(path, f"is not an arcface_torch iResNet state dict ({exc})", W.source_of(W.C2C_DIR)) from exc
+        raise W.mismatch(path, f"is not an arcface_torch iResNet state dict ({W.one_line(exc)})",
+                         W.source_of(W.C2C_DIR)) from exc
     name = network_name(net)
     if expected_network is not None and name != expected_network:
         logger.warning("%s is an iResNet %s, hparams.yml says %s; using the file's depth", path,

@@ -52,23 +52,15 @@ class Settings:
     clip_project_save_name: str = "clip_project.bin"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.t1 <= self.t2 <= 100:
-            raise SettingsError(f"hparams.yml: need 0 <= t1 <= t2 <= 100, got t1={self.t1}, t2={self.t2}")
-        if not 0.0 < self.id_strength <= 1.0:
-            raise SettingsError(f"hparams.yml: id_strength must be in (0, 1], got {self.id_strength}")
-        if self.clip_map_model not in CLIP_MAP_METHODS:
-            raise SettingsError(
-                f"hparams.yml: clip_map_model must be one of {CLIP_MAP_METHODS}, got {self.clip_map_model!r}"
-            )
-        if self.infer_step < 1:
-            raise SettingsError(f"hparams.yml: infer_step must be >= 1, got {self.infer_step}")
-        if self.resolution < 64 or self.resolution % 8:
-            raise SettingsError(f"hparams.yml: resolution must be a multiple of 8 >= 64, got {self.resolution}")
-        if not self.use_arcface_project or not self.use_clip_project or not self.face_project_use_hidden_state:
-            raise SettingsError(
-                "hparams.yml: this implementation needs use_arcface_project, use_clip_project and "
-                "face_project_use_hidden_state all true (the released configuration)"
-            )
+        problem = range_problem(self.to_mapping())
+        if problem is None and self.clip_map_model not in CLIP_MAP_METHODS:
+            problem = f"clip_map_model must be one of {CLIP_MAP_METHODS}, got {self.clip_map_model!r}"
+        if problem is None and not (self.use_arcface_project and self.use_clip_project
+                                    and self.face_project_use_hidden_state):
+            problem = ("this implementation needs use_arcface_project, use_clip_project and "
+                       "face_project_use_hidden_state all true (the released configuration)")
+        if problem is not None:
+            raise SettingsError(problem)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "hparams.yml") -> "Settings":
@@ -88,7 +80,10 @@ class Settings:
             if name not in values or values[name] is None:
                 continue
             kwargs[name] = _coerce(values[name], f.type, name, source)
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except SettingsError as exc:
+            raise SettingsError(f"{source}: {exc}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Settings":
@@ -97,6 +92,53 @@ class Settings:
 
     def to_mapping(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of one numeric setting: ``low..high`` (``low`` excluded when ``open_low``)."""
+
+    low: float
+    high: float
+    why: str
+    open_low: bool = False
+    multiple_of: int = 1
+
+    def problem(self, key: str, value: Any) -> str | None:
+        """None when ``value`` is allowed, else one line naming ``key`` (NaN and infinities fail)."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"{key} must be a number, got {value!r}"
+        above = number > self.low if self.open_low else number >= self.low
+        if not (above and number <= self.high) or (self.multiple_of > 1 and number % self.multiple_of):
+            low = f"above {self.low:g}" if self.open_low else f"at least {self.low:g}"
+            step = f" and a multiple of {self.multiple_of}" if self.multiple_of > 1 else ""
+            return f"{key} must be {low} and at most {self.high:g}{step} ({self.why}), got {value!r}"
+        return None
+
+
+# The one table of bounds for the method's numeric settings; hparams.yml, the training
+# configuration and per-call overrides are all checked against it.
+RANGES: dict[str, Range] = {
+    "t1": Range(0, 100, "an age gap in years"),
+    "t2": Range(0, 100, "an age gap in years"),
+    "id_strength": Range(0, 1, "an img2img strength", open_low=True),
+    "swr_alpha": Range(-1, 1, "the SVR exponent; the released value is 0.01, larger ones overflow exp()"),
+    "swr_beta": Range(0, 10, "the SVR scale; the released value is 1.1", open_low=True),
+    "infer_step": Range(1, 50, "sampler steps; SDXL-Turbo is distilled for 1-4, the released value is 4"),
+    "resolution": Range(64, 2048, "pixels per side; the released value is 512", multiple_of=8),
+}
+
+
+def range_problem(values: Mapping[str, Any]) -> str | None:
+    """The first setting in ``values`` outside ``RANGES`` (or t1 > t2), as one line; else None."""
+    for key, allowed in RANGES.items():
+        if key in values and values[key] is not None and (problem := allowed.problem(key, values[key])):
+            return problem
+    if "t1" in values and "t2" in values and values["t1"] > values["t2"]:
+        return f"need t1 <= t2, got t1={values['t1']}, t2={values['t2']}"
+    return None
 
 
 def read_yaml_mapping(path: Path, error: type[Exception]) -> dict[str, Any]:
