@@ -24,6 +24,7 @@ FLAG_KEYS = {
     "batch_size": "train_batch_size",
     "mixed_precision": "mixed_precision",
     "seed": "seed",
+    "overwrite": "overwrite_output_dir",
 }
 
 
@@ -40,6 +41,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="per-device batch size (train_batch_size)")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="start again in an --output that holds a previous run, deleting its outputs "
+                             "(overwrite_output_dir)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -69,9 +73,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare_ffhq, prepare_folder
 
     if args.source == "ffhq":
-        report = prepare_ffhq(args.images, args.features, args.out, check_images=not args.no_check_images)
+        report = prepare_ffhq(args.images, args.features, args.out, check_images=not args.no_check_images,
+                              overwrite=args.overwrite)
     else:
-        report = prepare_folder(args.images, args.labels, args.out, check_images=not args.no_check_images)
+        report = prepare_folder(args.images, args.labels, args.out, check_images=not args.no_check_images,
+                                overwrite=args.overwrite)
     print(report.summary())
     return 0
 
@@ -113,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (ffhq, folder):
         p.add_argument("--out", required=True, type=Path, help="manifest to write (.jsonl)")
         p.add_argument("--no-check-images", action="store_true", help="do not open every image to check it")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing manifest (and its skip list)")
     prepare.set_defaults(func=_cmd_prepare)
 
     tiny = sub.add_parser("tiny-extras", help="write RANDOM stand-ins for the LPIPS and age-regressor weights into a "

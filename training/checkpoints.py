@@ -8,6 +8,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from cradle2cane.files.atomic import write_text_atomic
+
 from .config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ def save_checkpoint(accelerator, cfg: Config, output_dir: Path, step: int, epoch
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         state = {"global_step": step, "epoch": epoch, "micro_step": micro_step}
-        (path / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")  # written last: complete
+        write_text_atomic(path / STATE_FILE, json.dumps(state, indent=2))  # written last: complete
         logger.info("checkpoint saved to %s", path)
     accelerator.wait_for_everyone()
     return path

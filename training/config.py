@@ -78,6 +78,8 @@ def _coerce(key: str, value: Any, kind: str, nullable: bool, source: str) -> Any
     def bad() -> ConfigError:
         return ConfigError(f"{source}: {key} must be {kind}{' or null' if nullable else ''}, got {value!r}")
 
+    if kind == "str" and isinstance(value, bool) and key in CHOICES:
+        value = "yes" if value else "no"  # YAML reads an unquoted no/yes as a boolean: mixed_precision=no
     if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~") and kind != "str"):
         if nullable or key in REQUIRED:
             return None

@@ -13,6 +13,7 @@ skip what cannot be used and say why (also in ``<manifest>.skipped.csv``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from cradle2cane.files.atomic import refuse_existing, write_text_atomic
 from cradle2cane.files.images import IMAGE_EXTENSIONS
 from cradle2cane.files.labels import check_label, read_label_file
 
@@ -75,25 +77,53 @@ def _sample(image: Path, age: Any, gender: Any, check_images: bool, where: str) 
         reason = str(exc)
         kind = "no age/gender" if reason.startswith("no ") else "bad label"
         return None, f"{kind}: {reason} {where}"
-    if check_images and (problem := _check_image(image)):
+    if check_images and (problem := image_problem(image)):
         return None, problem
     return Sample(image, age_value, gender_value), None
 
 
-def _check_image(path: Path) -> str | None:
-    """None when PIL can read the image, else the reason."""
+def image_problem(path: Path) -> str | None:
+    """None when the image exists and decodes fully, else why it cannot be used."""
     from PIL import Image
 
+    if not path.is_file():
+        return f"image missing: {path} {'is not a file' if path.exists() else 'does not exist'}"
     try:
         with Image.open(path) as image:
-            image.verify()
+            image.verify()  # structure and chunk checksums
         with Image.open(path) as image:
             width, height = image.size
+            image.load()  # the full decode: truncated or corrupt pixel data fails here
     except Exception as exc:  # PIL raises many types for broken files
         return f"unreadable image: {type(exc).__name__}: {exc}"
     if width < 8 or height < 8:
         return f"unreadable image: {width}x{height} is too small"
     return None
+
+
+def check_manifest_images(samples: Sequence[Sample], manifest: Path, share: tuple[int, int] = (0, 1),
+                 workers: int | None = None) -> None:
+    """Every image of ``samples`` (this process's ``share`` = (index, count) of them) exists and
+    decodes, with a progress bar; one error listing the first few bad ones otherwise. Run before
+    training, so a broken file is found in minutes rather than when a batch first draws it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    index, count = share
+    mine = list(samples)[index::count]
+    workers = workers or min(8, os.cpu_count() or 1)  # PIL decodes without the GIL: threads suffice
+    bad: list[str] = []
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(mine), desc="checking training images", unit="image",
+                                                   disable=index != 0 or len(mine) < 2) as bar:
+        for sample, problem in zip(mine, pool.map(lambda s: image_problem(s.image), mine)):
+            bar.update(1)
+            if problem:
+                bad.append(problem if str(sample.image) in problem else f"{sample.image}: {problem}")
+    if bad:
+        raise DatasetError(f"{manifest}: {len(bad)} of {len(mine)} images cannot be used ({'; '.join(bad[:3])}"
+                           f"{' ...' if len(bad) > 3 else ''}); fix or remove them (`python -m training prepare` "
+                           f"skips such images), or skip this check with --set check_images=false")
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -116,44 +146,66 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve())
 
 
-def write_manifest(samples: Sequence[Sample], manifest: Path, skipped: Sequence[tuple[str, str]] = ()) -> None:
-    """Write the manifest (and the skip list) through temporary files renamed at the end."""
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two spellings name the same file (links, ``..``, case-insensitive file systems)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return a.resolve() == b.resolve()
+
+
+def check_manifest_path(manifest: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    """Before any work: the manifest is ``.jsonl``, neither it nor its skip list is one of the
+    ``inputs`` (however the path is spelled), and neither exists unless ``overwrite``."""
+    if manifest.suffix.lower() != ".jsonl":
+        raise DatasetError(f"--out {manifest}: a manifest is JSON lines; give it the extension .jsonl")
+    for output in (manifest, skipped_path(manifest)):
+        for given in inputs:
+            if _same_path(output, Path(given)):
+                raise DatasetError(f"--out {manifest} would write {output}, which is the input {given}; "
+                                   f"choose another --out")
+        refuse_existing(output, overwrite)
+
+
+def write_manifest(samples: Sequence[Sample], manifest: Path, skipped: Sequence[tuple[str, str]] = (),
+                   overwrite: bool = True) -> None:
+    """Write the manifest (and the skip list) through the atomic writer: no half-written file, the
+    usual file mode, and with ``overwrite`` off an existing file is never replaced."""
     manifest = Path(manifest)
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_name(f".{manifest.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for s in samples:
-            fh.write(json.dumps({"image": _relative(s.image, manifest.parent), "age": s.age, "gender": s.gender}) + "\n")
-    os.replace(tmp, manifest)
+    lines = [json.dumps({"image": _relative(s.image, manifest.parent), "age": s.age, "gender": s.gender})
+             for s in samples]
+    write_text_atomic(manifest, "".join(line + "\n" for line in lines), overwrite=overwrite)
     skip = skipped_path(manifest)
     if skipped:
-        tmp = skip.with_name(f".{skip.name}.tmp")
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["item", "reason"])
-            writer.writerows(skipped)
-        os.replace(tmp, skip)
-    elif skip.exists():
-        skip.unlink()
+        rows = io.StringIO(newline="")
+        writer = csv.writer(rows)
+        writer.writerow(["item", "reason"])
+        writer.writerows(skipped)
+        write_text_atomic(skip, rows.getvalue(), overwrite=overwrite)
+    elif skip.exists() and overwrite:
+        skip.unlink()  # from an earlier run of the same manifest
 
 
-def _finish(samples: list[Sample], skipped: list[tuple[str, str]], manifest: Path, what: str) -> PrepareReport:
+def _finish(samples: list[Sample], skipped: list[tuple[str, str]], manifest: Path, what: str,
+            overwrite: bool) -> PrepareReport:
     report = PrepareReport(Path(manifest), len(samples), skipped)
     if not samples:
         reasons = ", ".join(f"{n} {r}" for r, n in report.reasons().most_common()) or "nothing found"
         raise DatasetError(f"{what}: no usable labelled image ({reasons}); no manifest written")
-    write_manifest(samples, Path(manifest), skipped)
+    write_manifest(samples, Path(manifest), skipped, overwrite=overwrite)
     return report
 
 
 def prepare_ffhq(images_dir: str | Path, features_dir: str | Path, manifest: str | Path,
-                 check_images: bool = True) -> PrepareReport:
+                 check_images: bool = True, overwrite: bool = False) -> PrepareReport:
     """FFHQ images + ffhq-features json labels (``<features>/<stem>.json``: a list of faces).
 
     Only images whose json lists exactly one face are used (its ``faceAttributes.age`` and
     ``.gender``), as in the reference preparation. Background removal is not done here.
     """
     images_dir, features_dir = Path(images_dir).expanduser(), Path(features_dir).expanduser()
+    manifest = Path(manifest).expanduser()
+    check_manifest_path(manifest, [], overwrite)  # the label files are .json: never a .jsonl or .csv output
     if not features_dir.is_dir():
         raise DatasetError(f"ffhq-features folder {features_dir} does not exist")
     labels = {p.stem: p for p in sorted(features_dir.rglob("*.json"))}
@@ -187,16 +239,17 @@ def prepare_ffhq(images_dir: str | Path, features_dir: str | Path, manifest: str
             skipped.append((name, problem))
             continue
         samples.append(sample)
-    return _finish(samples, skipped, Path(manifest), f"FFHQ in {images_dir}")
+    return _finish(samples, skipped, manifest, f"FFHQ in {images_dir}", overwrite)
 
 
 def prepare_folder(images_dir: str | Path, labels: str | Path, manifest: str | Path,
-                   check_images: bool = True) -> PrepareReport:
+                   check_images: bool = True, overwrite: bool = False) -> PrepareReport:
     """Any folder of aligned faces plus a CSV/JSON with the age and gender of each image.
 
     Label files name images relative to ``images_dir`` (or by file name alone when that is unique).
     """
-    images_dir = Path(images_dir).expanduser()
+    images_dir, labels, manifest = Path(images_dir).expanduser(), Path(labels).expanduser(), Path(manifest).expanduser()
+    check_manifest_path(manifest, [labels], overwrite)
     images = _images_under(images_dir)
     by_relative = {str(p.relative_to(images_dir)).replace(os.sep, "/"): p for p in images}
     by_name: dict[str, list[Path]] = {}
@@ -231,7 +284,7 @@ def prepare_folder(images_dir: str | Path, labels: str | Path, manifest: str | P
     for p in images:
         if p not in matched:
             skipped.append((str(p.relative_to(images_dir)), f"no label: not in {Path(labels).name}"))
-    return _finish(samples, skipped, Path(manifest), f"{images_dir} with {labels}")
+    return _finish(samples, skipped, manifest, f"{images_dir} with {labels}", overwrite)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -6,13 +6,13 @@ written back in the released layout (METHOD.md sections 0 and 3) so that
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cradle2cane.files.atomic import write_atomic, write_text_atomic
 from cradle2cane.loading import paths as W
 from cradle2cane.method.arcface import IResNet, network_name
 from cradle2cane.method.clip_features import ClipFeatures, ClipPreprocess
@@ -132,16 +132,6 @@ def hparams(cfg: Config, settings: Settings) -> dict[str, Any]:
     return values
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_released(folder: str | Path, unet: torch.nn.Module, face_projector: torch.nn.Module,
                   clip_projector: torch.nn.Module, config, values: dict[str, Any]) -> Path:
     """Write the four released files into ``folder`` (created)."""
@@ -149,15 +139,15 @@ def save_released(folder: str | Path, unet: torch.nn.Module, face_projector: tor
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    StableDiffusionXLImg2ImgPipeline.save_lora_weights(
-        str(folder), unet_lora_layers=lora_state_dict(unet), weight_name=W.LORA_FILE,
-        unet_lora_adapter_metadata=config.to_dict())
+    lora = lora_state_dict(unet)
+    write_atomic(folder / W.LORA_FILE, lambda tmp: StableDiffusionXLImg2ImgPipeline.save_lora_weights(
+        str(tmp.parent), unet_lora_layers=lora, weight_name=tmp.name, unet_lora_adapter_metadata=config.to_dict()))
     for module, name in ((face_projector, FACE_PROJECTOR_FILE), (clip_projector, CLIP_PROJECTOR_FILE)):
         state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu()
                  for k, v in module.state_dict().items()}
-        _write_atomic(folder / name, lambda tmp, s=state: torch.save(s, tmp))
+        write_atomic(folder / name, lambda tmp, s=state: torch.save(s, tmp))
     text = dump({k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()})
-    _write_atomic(folder / W.HPARAMS_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text_atomic(folder / W.HPARAMS_FILE, text)
     return folder
 
 

@@ -18,20 +18,19 @@ from typing import Any
 import torch
 
 from cradle2cane.method.conditioning import IdentityEncoder
+from cradle2cane.files.atomic import write_text_atomic
 from cradle2cane.method.sampler import Img2ImgSampler
 from cradle2cane.pipeline import Cradle2Cane
 
 from . import losses as L
 from .batch import LOSS_WEIGHTS, generator_step
-from .checkpoints import STATE_FILE, find_checkpoint, register_hooks, save_checkpoint
+from .checkpoints import find_checkpoint, register_hooks, save_checkpoint
 from .config import Config, ConfigError, dump, require
 from .data import DatasetError, FaceDataset, collate, read_manifest
+from .outputs import CONFIG_FILE, LOG_FILE, VALIDATION_DIR, preflight, read_trainer_state, restore
 
 logger = logging.getLogger(__name__)
 
-LOG_FILE = "train_log.jsonl"
-CONFIG_FILE = "config.yml"
-VALIDATION_DIR = "validation"
 
 
 class TrainingError(RuntimeError):
@@ -75,6 +74,7 @@ class Trainer:
         if cfg.resume_from_checkpoint:
             self.resume_from = find_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
         self.samples = read_manifest(cfg.path("train_data_list"), cfg.max_load_num)
+        preflight(cfg, self.samples, self.resume_from)  # output folder, checkpoint, images: before any model
 
     # ---------------------------------------------------------------- set-up
 
@@ -190,10 +190,9 @@ class Trainer:
 
         global_step = 0
         if self.resume_from is not None:
-            accelerator.load_state(str(self.resume_from))
+            restore(accelerator, self.resume_from)
             load_released(self.resume_from, unet, parts.face_projector, parts.clip_projector)
-            state = json.loads((self.resume_from / STATE_FILE).read_text(encoding="utf-8"))
-            global_step = int(state["global_step"])
+            global_step = read_trainer_state(self.resume_from)["global_step"]
             logger.info("resumed from %s at step %d", self.resume_from, global_step)
         if global_step >= max_steps:
             raise TrainingError(f"the checkpoint is at step {global_step}, max_train_steps is {max_steps}: nothing "
@@ -201,7 +200,7 @@ class Trainer:
 
         validation = None
         if accelerator.is_main_process:
-            (self.output_dir / CONFIG_FILE).write_text(dump(cfg.to_dict()), encoding="utf-8")
+            write_text_atomic(self.output_dir / CONFIG_FILE, dump(cfg.to_dict()))
             if cfg.validation_steps > 0:
                 from .validation import build_validation_set
 

@@ -216,6 +216,7 @@ KNOWN_TRAINING_KEYS = frozenset(
     push_to_hub hub_token hub_model_id logging_dir report_to debug_loss debug_index embedding_fuse_save_name
     face_project_feature_dim seed local_rank config models_dir diffusion_loss_weight
     id_cos_loss_weight_base age_loss_weight_base age_loss_2_weight_base
+    overwrite_output_dir check_images
     lpips_alexnet_path age_model_input_size age_model_mean age_model_std vae_gradient_checkpointing
     lora_target_modules d_learning_rate d_adam_beta1 d_adam_beta2 d_base_channels
     """.split()

@@ -51,30 +51,34 @@ def load_state_dict_file(path: Path, source: str) -> dict[str, torch.Tensor]:
     return load_pickle_state_dict(path, source)
 
 
-def check_readable(path: Path, source: str) -> None:
-    """Cheap structure check (headers only, no weights read): a safetensors header that parses and
-    covers the file, or a torch zip archive whose directory is intact. Catches truncated and
-    overwritten downloads in milliseconds, before anything is loaded. Legacy (non-zip) pickles
-    are left to the full read."""
+def unreadable(path: Path) -> str | None:
+    """Cheap structure check (headers only, no weights read): None for a safetensors header that
+    parses and covers the file, or a torch zip archive whose directory is intact; else the problem.
+    Catches truncated and overwritten downloads in milliseconds, before anything is loaded. Legacy
+    (non-zip) pickles are left to the full read."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt"):
-                pass
+                return None
         except Exception as exc:  # safetensors raises its own error type
-            raise mismatch(path, f"is not a readable safetensors file ({one_line(exc)}; an interrupted "
-                                 f"download?)", source) from exc
-    elif path.suffix in (".bin", ".pth", ".pt", ".ckpt"):
+            return f"is not a readable safetensors file ({one_line(exc)}; an interrupted download?)"
+    if path.suffix in (".bin", ".pth", ".pt", ".ckpt", ".pkl"):
         with open(path, "rb") as fh:
-            is_zip_container = fh.read(4) == b"PK\x03\x04"
-        if is_zip_container:
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    archive.infolist()
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise mismatch(path, f"is a damaged torch archive ({one_line(exc)}; an interrupted download?)",
-                               source) from exc
+            if fh.read(4) != b"PK\x03\x04":
+                return None
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            return f"is a damaged torch archive ({one_line(exc)}; an interrupted download?)"
+    return None
+
+
+def check_readable(path: Path, source: str) -> None:
+    if problem := unreadable(path):
+        raise mismatch(path, problem, source)
 
 
 def nonfinite(tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[list[str], int]:
