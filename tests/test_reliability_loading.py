@@ -231,7 +231,8 @@ def test_out_of_range_hparams_are_refused_before_loading(tiny_models, tmp_path, 
 def test_corrupt_onnx_model_is_named(tiny_models, tmp_path):
     pytest.importorskip("insightface")
     pytest.importorskip("onnxruntime")
-    from cradle2cane.faces.detect import FaceDetector, clear_detector_cache
+    from cradle2cane.faces.detect import FaceDetector
+    from cradle2cane.faces.packs import clear_detector_cache
 
     pack = tmp_path / "buffalo_l"
     shutil.copytree(tiny_models / "insightface" / "models" / "buffalo_l", pack)
