@@ -252,3 +252,17 @@ def test_one_line_keeps_the_first_useful_line():
     assert one_line(many) == "Error(s) in loading state_dict for UNet: size mismatch for a: x (+1 more lines)"
     assert one_line(ValueError("x" * 1000)).endswith("x ...") and len(one_line(ValueError("x" * 1000))) < 310
     assert one_line(KeyError()) == "KeyError"
+
+
+def test_command_line_prints_a_multi_line_library_error_as_one_line(monkeypatch, capsys):
+    from training.__main__ import main as training_main
+
+    def page_of_errors(*args, **kwargs):
+        raise RuntimeError("Error(s) in loading state_dict for UNet:\n" + "\n".join(
+            f"\tsize mismatch for layer{i}.weight: copying a param with shape [4, 65]" for i in range(131)))
+
+    monkeypatch.setattr("training.config.build_config", page_of_errors)
+    assert training_main(["config"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("training config: error: Error(s) in loading state_dict for UNet: size mismatch for layer0.weight: "
+                   "copying a param with shape [4, 65] (+130 more lines)")

@@ -57,15 +57,15 @@ def mismatch(path: Path, problem: str, source: str) -> ModelFileError:
     return ModelFileError(f"{path}: {problem}. Re-download it from {source}.")
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
+def one_line(exc: BaseException, limit: int | None = 300) -> str:
     """A library's error message as one short line: its first non-empty line, cut at ``limit``
-    characters, saying how much was left out (the whole text stays in the chained traceback,
-    which ``--debug`` prints)."""
+    characters (None: not cut), saying how much was left out (the whole text stays in the chained
+    traceback, which ``--debug`` prints)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].endswith(":"):  # "Error(s) in loading state_dict for X:" says nothing alone
         lines[:2] = [f"{lines[0]} {lines[1]}"]
     text = lines[0] if lines else type(exc).__name__
-    if len(text) > limit:
+    if limit is not None and len(text) > limit:
         text = text[:limit].rstrip() + " ..."
     if len(lines) > 1:
         text += f" (+{len(lines) - 1} more lines)"

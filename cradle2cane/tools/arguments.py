@@ -71,7 +71,9 @@ def run_command(args: argparse.Namespace, program: str) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"{program} {args.command}: error: {exc}", file=sys.stderr)
+        from ..loading.paths import one_line
+
+        print(f"{program} {args.command}: error: {one_line(exc, limit=None)}", file=sys.stderr)
         return 1
 
 
