@@ -151,6 +151,19 @@ def test_overwrite_deletes_only_the_previous_runs_outputs(tmp_path):
     assert _listing(output) == {"notes.txt"}
 
 
+def test_overwrite_keeps_the_previous_run_when_a_check_fails(tmp_path):
+    manifest = _manifest(tmp_path / "data")
+    next((tmp_path / "data" / "images").glob("*.png")).write_bytes(b"broken")
+    output = tmp_path / "out"
+    (output / "checkpoint-4").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="1 of 4 images cannot be used"):
+        Trainer(_config(tmp_path, manifest, output, "overwrite_output_dir=true"))
+    assert (output / "checkpoint-4").is_dir()
+    with pytest.raises(DatasetError):  # and a refused run creates no output folder
+        Trainer(_config(tmp_path, manifest, tmp_path / "new" / "out"))
+    assert not (tmp_path / "new").exists()
+
+
 def test_output_dir_that_is_a_file_is_refused(tmp_path):
     manifest = _manifest(tmp_path / "data")
     (tmp_path / "out").write_text("a file")

@@ -38,9 +38,10 @@ def previous_run(output_dir: Path, logging_dir: str) -> list[Path]:
     return sorted(p for p in output_dir.iterdir() if p.name in names or p.name.startswith(CHECKPOINT_PREFIX))
 
 
-def prepare_output_dir(output_dir: Path, logging_dir: str, resuming: bool, overwrite: bool) -> None:
-    """Refuse to start a new run over a previous one unless ``overwrite`` (which deletes the previous
-    run's outputs, and nothing else); make sure the folder can be created and written."""
+def check_output_dir(output_dir: Path, logging_dir: str, resuming: bool, overwrite: bool) -> list[Path]:
+    """Refuse to start a new run over a previous one unless ``overwrite``, and an output folder that
+    cannot be written; returns the previous run's outputs that ``overwrite`` replaces. Nothing is
+    created or deleted here."""
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"output_dir {output_dir} is a file, not a folder")
     found = [] if resuming else previous_run(output_dir, logging_dir)
@@ -49,16 +50,22 @@ def prepare_output_dir(output_dir: Path, logging_dir: str, resuming: bool, overw
         raise OutputError(f"output_dir {output_dir} already holds a training run ({shown}); continue it with "
                           f"--resume latest, choose another --output, or pass --overwrite to delete those outputs "
                           f"and start again")
-    for path in found:
-        logger.warning("--overwrite: deleting %s of the previous run", path)
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder is created by the run: its nearest existing parent must be writable
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise OutputError(f"output_dir {output_dir} cannot be written ({exc.strerror or exc}); choose a folder "
-                          f"you can write to") from exc
+        raise OutputError(f"output_dir {output_dir} cannot be written ({exc.strerror or exc} in {existing}); "
+                          f"choose a folder you can write to") from exc
+    return found
+
+
+def delete_outputs(paths: list[Path]) -> None:
+    for path in paths:
+        logger.warning("--overwrite: deleting %s of the previous run", path)
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
@@ -91,15 +98,19 @@ def check_checkpoint(checkpoint: Path) -> None:
 
 
 def preflight(cfg, samples: list[Sample], resume_from: Path | None) -> None:
-    """Everything a run can check before loading a model, cheapest first. Under ``accelerate
-    launch`` the first process owns the output folder and each process checks its share of images."""
+    """Everything a run can check before loading a model, cheapest first; with ``--overwrite`` the
+    previous run's outputs are deleted only after all of it passed. Under ``accelerate launch`` the
+    first process owns the output folder and each process checks its share of images."""
     rank, processes = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    replaced = []
     if rank == 0:
-        prepare_output_dir(cfg.path("output_dir"), cfg.logging_dir, resume_from is not None, cfg.overwrite_output_dir)
+        replaced = check_output_dir(cfg.path("output_dir"), cfg.logging_dir, resume_from is not None,
+                                    cfg.overwrite_output_dir)
     if resume_from is not None:
         check_checkpoint(resume_from)
     if cfg.check_images:
         check_manifest_images(samples, cfg.path("train_data_list"), share=(rank, processes))
+    delete_outputs(replaced)  # only once every check has passed
 
 
 def restore(accelerator, checkpoint: Path) -> None:
