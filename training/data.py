@@ -102,7 +102,7 @@ def image_problem(path: Path) -> str | None:
 
 
 def check_manifest_images(samples: Sequence[Sample], manifest: Path, share: tuple[int, int] = (0, 1),
-                 workers: int | None = None) -> None:
+                          workers: int | None = None) -> None:
     """Every image of ``samples`` (this process's ``share`` = (index, count) of them) exists and
     decodes, with a progress bar; one error listing the first few bad ones otherwise. Run before
     training, so a broken file is found in minutes rather than when a batch first draws it."""
@@ -112,7 +112,7 @@ def check_manifest_images(samples: Sequence[Sample], manifest: Path, share: tupl
 
     index, count = share
     mine = list(samples)[index::count]
-    workers = workers or min(8, os.cpu_count() or 1)  # PIL decodes without the GIL: threads suffice
+    workers = workers or min(8, os.cpu_count() or 1)  # Pillow releases the GIL while decoding
     bad: list[str] = []
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(mine), desc="checking training images", unit="image",
                                                    disable=index != 0 or len(mine) < 2) as bar:
