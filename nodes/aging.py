@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+import torch
+from comfy_api.v0_0_2 import io
 
-from .common import model_handle, model_input, reference_inference_input, seed_input, source_attributes, source_inputs
-from .handles import AgingHandle, C2CAging, C2CIdentity, IdentityHandle, expect
+from .common import (SEED_MAX, model_handle, model_input, pick, reference_inference_input, seed_input,
+                     source_attributes, source_inputs)
+from .handles import AgingHandle, C2CAging, C2CIdentity, FacesHandle, IdentityHandle, ModelHandle, expect
 from .layout import optional_value, parse_ages, to_comfy, to_core
-from .models import running
 from .progress import step_callback
 
 FIRST_PASS = "AdaNI First Pass"
 IDENTITY = "Identity Embed (SVR-ArcFace/Rotate-CLIP)"
 SECOND_PASS = "Identity Second Pass"
 MODEL_DEFAULT = "model default"
+SVR = {MODEL_DEFAULT: None, "on": True, "off": False}
 
 
 def target_ages_input() -> io.Input:
@@ -51,15 +53,16 @@ class AdaNIFirstPass(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, image, target_ages: str, source_age: int = -1, gender: str = "auto",
-                faces=None, seed: int = 0, strength: float = 0.0, reference_inference: bool = False) -> io.NodeOutput:
+    def execute(cls, model: ModelHandle, image: torch.Tensor, target_ages: str, source_age: int, gender: str,
+                seed: int, strength: float, faces: FacesHandle | None = None,
+                reference_inference: bool | None = None) -> io.NodeOutput:
         handle = model_handle(model, FIRST_PASS)
         batch = to_core(image, FIRST_PASS, "image")
         targets = parse_ages(target_ages, FIRST_PASS)
         sources, genders = source_attributes(batch.shape[0], source_age, gender, faces, FIRST_PASS)
-        with running(handle) as core:
-            first = core.first_pass(batch, targets, sources, genders, seed=seed, strength=optional_value(strength),
-                                    callback=step_callback(), reference_inference=reference_inference)
+        first = handle.ready().first_pass(batch, targets, sources, genders, seed=seed,
+                                          strength=optional_value(strength), callback=step_callback(),
+                                          reference_inference=bool(reference_inference))
         return io.NodeOutput(to_comfy(first.aged), AgingHandle(first))
 
 
@@ -79,7 +82,7 @@ class IdentityEmbed(io.ComfyNode):
                 io.Image.Input("source", tooltip="The aligned faces that went into AdaNI First Pass (same batch)."),
                 io.Image.Input("aged", tooltip="AdaNI First Pass's 'aged' images (or an edited version of them)."),
                 C2CAging.Input("aging", tooltip="AdaNI First Pass's 'aging' output."),
-                io.Combo.Input("svr", options=[MODEL_DEFAULT, "on", "off"], default=MODEL_DEFAULT,
+                io.Combo.Input("svr", options=list(SVR), default=MODEL_DEFAULT,
                                tooltip="SVR-ArcFace (mix in the aged face's ArcFace features); model default = "
                                        "use_swr in hparams.yml."),
                 io.Combo.Input("clip_rotation", options=[MODEL_DEFAULT, "angle", "vector"], default=MODEL_DEFAULT,
@@ -94,19 +97,14 @@ class IdentityEmbed(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, source, aged, aging, svr: str = MODEL_DEFAULT, clip_rotation: str = MODEL_DEFAULT,
-                swr_alpha: float = -1.0, swr_beta: float = -1.0) -> io.NodeOutput:
+    def execute(cls, model: ModelHandle, source: torch.Tensor, aged: torch.Tensor, aging: AgingHandle, svr: str,
+                clip_rotation: str, swr_alpha: float, swr_beta: float) -> io.NodeOutput:
         handle = model_handle(model, IDENTITY)
         aging = expect(aging, AgingHandle, IDENTITY, "aging")
-        choices = {MODEL_DEFAULT: None, "on": True, "off": False}
-        if svr not in choices or clip_rotation not in (MODEL_DEFAULT, "angle", "vector"):
-            raise ValueError(f"{IDENTITY}: svr must be one of {list(choices)} and clip_rotation one of "
-                             f"{[MODEL_DEFAULT, 'angle', 'vector']}, got {svr!r} / {clip_rotation!r}")
-        with running(handle) as core:
-            conditioning = core.identity_embeddings(
-                to_core(source, IDENTITY, "source"), aging.first, aged=to_core(aged, IDENTITY, "aged"),
-                use_swr=choices[svr], clip_method=None if clip_rotation == MODEL_DEFAULT else clip_rotation,
-                swr_alpha=optional_value(swr_alpha, -1.0), swr_beta=optional_value(swr_beta, -1.0))
+        conditioning = handle.ready().identity_embeddings(
+            to_core(source, IDENTITY, "source"), aging.first, aged=to_core(aged, IDENTITY, "aged"),
+            use_swr=pick(SVR, svr, IDENTITY, "svr"), clip_method=None if clip_rotation == MODEL_DEFAULT else clip_rotation,
+            swr_alpha=optional_value(swr_alpha, -1.0), swr_beta=optional_value(swr_beta, -1.0))
         return io.NodeOutput(IdentityHandle(conditioning.detach().cpu(), aging.first))
 
 
@@ -124,7 +122,7 @@ class IdentitySecondPass(io.ComfyNode):
                 io.Image.Input("aged", tooltip="AdaNI First Pass's 'aged' images (same batch as 'aging')."),
                 C2CIdentity.Input("identity", tooltip="Identity Embed's output for the same pass-1 run."),
                 C2CAging.Input("aging", tooltip="AdaNI First Pass's 'aging' output."),
-                io.Int.Input("seed", default=-1, min=-1, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                io.Int.Input("seed", default=-1, min=-1, max=SEED_MAX, control_after_generate=False,
                              tooltip="Noise seed; -1 = the seed pass 1 used (what the all-in-one node does)."),
                 io.Float.Input("id_strength", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="img2img strength of the identity pass; 0 = hparams.yml (released: 0.25, "
@@ -134,7 +132,8 @@ class IdentitySecondPass(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, aged, identity, aging, seed: int = -1, id_strength: float = 0.0) -> io.NodeOutput:
+    def execute(cls, model: ModelHandle, aged: torch.Tensor, identity: IdentityHandle, aging: AgingHandle, seed: int,
+                id_strength: float) -> io.NodeOutput:
         handle = model_handle(model, SECOND_PASS)
         identity = expect(identity, IdentityHandle, SECOND_PASS, "identity")
         aging = expect(aging, AgingHandle, SECOND_PASS, "aging")
@@ -143,8 +142,7 @@ class IdentitySecondPass(io.ComfyNode):
             raise ValueError(f"{SECOND_PASS}: 'identity' was computed for another pass-1 run ({len(other)} items, "
                              f"ages {other.target_ages}) than 'aging' ({len(first)} items, ages {first.target_ages}); "
                              f"connect the same AdaNI First Pass output to Identity Embed and to this node")
-        with running(handle) as core:
-            images = core.second_pass(first, identity.conditioning, aged=to_core(aged, SECOND_PASS, "aged"),
-                                      seed=None if seed < 0 else seed, id_strength=optional_value(id_strength),
-                                      callback=step_callback())
+        images = handle.ready().second_pass(first, identity.conditioning, aged=to_core(aged, SECOND_PASS, "aged"),
+                                            seed=None if seed < 0 else seed, id_strength=optional_value(id_strength),
+                                            callback=step_callback())
         return io.NodeOutput(to_comfy(images))

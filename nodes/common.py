@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from .handles import C2CFaces, C2CModel, FacesHandle, ModelHandle, expect
 
@@ -45,8 +45,6 @@ def source_attributes(count: int, source_age: int, gender: str, faces: FacesHand
     """Per-face source ages and genders: the widgets win, Face Align's estimates fill in."""
     from ..cradle2cane.photo import estimate_or_given
 
-    if gender not in GENDERS:
-        raise ValueError(f"{node}: gender must be one of {GENDERS}, got {gender!r}")
     if faces is None:
         if source_age < 0 or gender == "auto":
             raise ValueError(f"{node}: source_age is -1 or gender is auto (estimate), but no Face Align 'faces' "
@@ -58,6 +56,15 @@ def source_attributes(count: int, source_age: int, gender: str, faces: FacesHand
                          f"connect the aligned IMAGE and the faces output of the same Face Align node")
     return estimate_or_given(faces.faces, None if source_age < 0 else source_age,
                              None if gender == "auto" else gender, image_name=node)
+
+
+def pick(mapping: dict, value: str, node: str, input_name: str):
+    """What a dropdown value means. Current ComfyUI refuses a value outside the options before the
+    node runs; 0.3.64 does not check ``io.Combo`` values, so a crafted prompt gets this message."""
+    try:
+        return mapping[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"{node}: {input_name} must be one of {list(mapping)}, got {value!r}") from None
 
 
 def model_handle(value, node: str) -> ModelHandle:

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-import logging
-
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import models
+from .aging import AdaNIFirstPass, IdentityEmbed, IdentitySecondPass
+from .faces import FaceAlign, PasteFaceBack
+from .loader import LoadCradle2Cane
+from .photo import AgePhoto
+from .sweep import LifespanSweep
 
-logger = logging.getLogger(__name__)
-
-
-NODES = (  # (module, class) in menu order
-    ("loader", "LoadCradle2Cane"),
-    ("faces", "FaceAlign"),
-    ("aging", "AdaNIFirstPass"),
-    ("aging", "IdentityEmbed"),
-    ("aging", "IdentitySecondPass"),
-    ("faces", "PasteFaceBack"),
-    ("sweep", "LifespanSweep"),
-    ("photo", "AgePhoto"),
-)
-
-
-def node_list() -> list[type[io.ComfyNode]]:
-    """Every node whose module imports; one that fails is skipped with a warning saying why."""
-    found = []
-    for module_name, class_name in NODES:
-        try:
-            module = importlib.import_module(f".{module_name}", __package__)
-        except ImportError as exc:
-            logger.warning("Cradle2Cane: node %s not available: %s", class_name, exc)
-            continue
-        found.append(getattr(module, class_name))
-    return found
+NODES = (LoadCradle2Cane, FaceAlign, AdaNIFirstPass, IdentityEmbed, IdentitySecondPass, PasteFaceBack,
+         LifespanSweep, AgePhoto)  # menu order
 
 
 class Cradle2CaneExtension(ComfyExtension):
@@ -43,4 +21,4 @@ class Cradle2CaneExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         models.register_folders()  # idempotent; ComfyUI 0.3.64 does not call on_load
-        return node_list()
+        return list(NODES)

@@ -6,9 +6,12 @@ import logging
 
 import comfy.model_management as mm
 import numpy as np
-from comfy_api.latest import io, ui
+import torch
+from comfy_api.v0_0_2 import io, ui
 
+from ..cradle2cane.photo import NO_FACE_MODES
 from . import models
+from .common import pick
 from .handles import C2CFaces, FacesHandle, expect
 from .layout import from_numpy, to_numpy
 from .progress import check_cancel
@@ -18,7 +21,6 @@ logger = logging.getLogger(__name__)
 FACE_ALIGN = "Face Align"
 PASTE_BACK = "Paste Face Back"
 WHICH = ["largest", "all", "index"]
-NO_FACE = ["error", "skip"]  # the core's on_no_face modes
 NO_FACE_HINT = ("In ComfyUI: set no_face = skip to pass photos without a face through unchanged; an image that "
                 "already is an aligned face crop can go straight to AdaNI First Pass (set source_age and gender "
                 "there).")
@@ -46,15 +48,21 @@ def no_face_input(skip: str) -> io.Input:
     """The no_face widget. It is the node's last input so that workflows saved before it existed keep
     their widget values in place (the frontend assigns them by position; a missing last one takes the
     default)."""
-    return io.Combo.Input("no_face", options=NO_FACE, default="error",
+    return io.Combo.Input("no_face", options=list(NO_FACE_MODES), default="error",
                           tooltip="A photo without a usable face: error stops the run, naming the image and the "
                                   f"settings to try; skip {skip} The skipped images are logged and listed in "
                                   "'report'.")
 
 
-def check_no_face(no_face: str, node: str) -> None:
-    if no_face not in NO_FACE:
-        raise ValueError(f"{node}: no_face must be one of {NO_FACE}, got {no_face!r}")
+def skips_no_face(no_face: str, node: str) -> bool:
+    return pick({"error": False, "skip": True}, no_face, node, "no_face")
+
+
+def validate_detector(detector: str | None) -> bool | str:
+    """``validate_inputs`` of the nodes with a detector dropdown: a crafted pack name is refused
+    when the prompt is queued (``None``: linked, checked when the node runs)."""
+    return detector is None or models.refusal(detector, models.insightface_options, "Face detector",
+                                              "detector") or True
 
 
 def no_face_error(message: str, exc, index: int | None):
@@ -78,8 +86,8 @@ def face_detector(pack: str, det_size: int, det_thresh: float):
                         det_thresh=det_thresh)
 
 
-def detect_and_align(images, detector: str, face: str, face_index: int, det_size: int, det_thresh: float,
-                     size: int, node: str, no_face: str = "error") -> tuple[list[np.ndarray], FacesHandle, str]:
+def detect_and_align(images: torch.Tensor, detector: str, face: str, face_index: int, det_size: int,
+                     det_thresh: float, size: int, node: str, no_face: str) -> tuple[list[np.ndarray], FacesHandle, str]:
     """Aligned crops (HxWx3 float), the handle describing them and the report, photo by photo.
 
     With ``no_face="skip"`` a photo without a usable face gives no crop and is listed in the handle's
@@ -88,9 +96,7 @@ def detect_and_align(images, detector: str, face: str, face_index: int, det_size
     from ..cradle2cane.faces import align as A
     from ..cradle2cane.faces import detect as F
 
-    if face not in WHICH:
-        raise ValueError(f"{node}: face must be one of {WHICH}, got {face!r}")
-    check_no_face(no_face, node)
+    skip = skips_no_face(no_face, node)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"{node}: 'image' must be a non-empty IMAGE batch [B,H,W,C], got {tuple(images.shape)}")
     finder = face_detector(detector, det_size, det_thresh)
@@ -103,7 +109,7 @@ def detect_and_align(images, detector: str, face: str, face_index: int, det_size
         try:
             found = finder.find(photo, which, image_name=f"image {p} of the batch")
         except F.NoFaceError as exc:
-            if no_face == "error":
+            if not skip:
                 raise no_face_error(f"{node}: {exc}", exc, p) from exc
             logger.warning("%s: no_face = skip: %s. Image %d gives no aligned crop; Paste Face Back returns it "
                            "unchanged", node, exc, p)
@@ -161,9 +167,12 @@ class FaceAlign(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, detector: str = "buffalo_l", face: str = "largest", face_index: int = 0,
-                det_size: int = 640, det_thresh: float = 0.5, size: int = 512,
-                no_face: str = "error") -> io.NodeOutput:
+    def validate_inputs(cls, detector: str | None = None) -> bool | str:
+        return validate_detector(detector)
+
+    @classmethod
+    def execute(cls, image: torch.Tensor, detector: str, face: str, face_index: int, det_size: int,
+                det_thresh: float, size: int, no_face: str) -> io.NodeOutput:
         crops, faces, report = detect_and_align(image, detector, face, face_index, det_size, det_thresh, size,
                                                 FACE_ALIGN, no_face)
         return io.NodeOutput(from_numpy(crops), faces, report, ui=ui.PreviewText(report))
@@ -182,8 +191,8 @@ def paste_inputs() -> list[io.Input]:
     ]
 
 
-def paste(images, faces: FacesHandle, aged, feather: float, mask_scale: float, color_match: str,
-          node: str) -> list[np.ndarray]:
+def paste(images: torch.Tensor, faces: FacesHandle, aged: torch.Tensor, feather: float, mask_scale: float,
+          color_match: str, node: str) -> list[np.ndarray]:
     """Photos with their faces replaced: photo by photo, then age by age."""
     from ..cradle2cane.faces.paste import paste_back_many
 
@@ -237,7 +246,7 @@ class PasteFaceBack(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, faces, aged, feather: float = 0.1, mask_scale: float = 0.9,
-                color_match: str = "mean") -> io.NodeOutput:
+    def execute(cls, image: torch.Tensor, faces: FacesHandle, aged: torch.Tensor, feather: float, mask_scale: float,
+                color_match: str) -> io.NodeOutput:
         faces = expect(faces, FacesHandle, PASTE_BACK, "faces")
         return io.NodeOutput(from_numpy(paste(image, faces, aged, feather, mask_scale, color_match, PASTE_BACK)))

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cradle2cane.faces.align import AlignedFace
     from ..cradle2cane.pipeline import Cradle2Cane, FirstPassOutput
+    from .memory import ComfyGroups
 
 C2CModel = io.Custom("C2C_MODEL")
 C2CFaces = io.Custom("C2C_FACES")
@@ -25,16 +26,20 @@ C2CIdentity = io.Custom("C2C_IDENTITY")
 
 @dataclass(frozen=True)
 class ModelHandle:
-    """A loaded ``Cradle2Cane`` plus where it runs and how it uses GPU memory (``nodes.models.MEMORY``)."""
+    """A loaded ``Cradle2Cane`` and its component groups in ComfyUI's memory manager (``nodes.memory``)."""
 
     model: Cradle2Cane
     models_dir: Path
-    device: torch.device
+    groups: ComfyGroups
     memory: str
-    size_bytes: int  # what must fit on the device during a run
+
+    def ready(self) -> Cradle2Cane:
+        """The model, with its groups loaded by ComfyUI as the ``memory`` mode says (see ``nodes.memory``)."""
+        self.groups.load_all()
+        return self.model
 
     def __repr__(self) -> str:
-        return f"C2C_MODEL({self.models_dir}, {self.device}, {self.model.dtype}, {self.memory})"
+        return f"C2C_MODEL({self.models_dir}, {self.groups.device}, {self.model.dtype}, {self.memory})"
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
+import torch
+from comfy_api.v0_0_2 import io, ui
 
 from .aging import target_ages_input
 from .common import GENDERS, model_handle, model_input, reference_inference_input, seed_input
-from .faces import (WHICH, check_no_face, detector_inputs, face_detector, no_face_error, no_face_input, paste_inputs,
-                    skip_report)
+from .faces import (detector_inputs, face_detector, no_face_error, no_face_input, paste_inputs, skip_report,
+                    validate_detector)
+from .handles import ModelHandle
 from .layout import from_numpy, optional_value, parse_ages, to_numpy
-from .models import running
 from .progress import check_cancel, step_callback
 
 AGE_PHOTO = "Cradle2Cane Age Photo"
@@ -58,20 +59,19 @@ class AgePhoto(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, image, target_ages: str = "70", source_age: int = -1, gender: str = "auto",
-                seed: int = 0, detector: str = "buffalo_l", face: str = "largest", face_index: int = 0,
-                det_size: int = 640, det_thresh: float = 0.5, strength: float = 0.0, id_strength: float = 0.0,
-                feather: float = 0.1, mask_scale: float = 0.9, color_match: str = "mean",
-                no_face: str = "error", reference_inference: bool = False) -> io.NodeOutput:
+    def validate_inputs(cls, detector: str | None = None) -> bool | str:
+        return validate_detector(detector)
+
+    @classmethod
+    def execute(cls, model: ModelHandle, image: torch.Tensor, target_ages: str, source_age: int, gender: str,
+                seed: int, detector: str, face: str, face_index: int, det_size: int, det_thresh: float,
+                strength: float, id_strength: float, feather: float, mask_scale: float, color_match: str,
+                no_face: str, reference_inference: bool | None = None) -> io.NodeOutput:
         from ..cradle2cane.faces.detect import NoFaceError
         from ..cradle2cane.photo import age_photo
 
         handle = model_handle(model, AGE_PHOTO)
         targets = parse_ages(target_ages, AGE_PHOTO)
-        if face not in WHICH or gender not in GENDERS:
-            raise ValueError(f"{AGE_PHOTO}: face must be one of {WHICH} and gender one of {GENDERS}, "
-                             f"got {face!r} / {gender!r}")
-        check_no_face(no_face, AGE_PHOTO)
         finder = face_detector(detector, det_size, det_thresh)
         count = image.shape[0]
         progress = step_callback()
@@ -86,20 +86,20 @@ class AgePhoto(io.ComfyNode):
                     detected[p] = finder.find(to_numpy(image[p]), which, image_name=names[p], index=p)
                 except NoFaceError as exc:
                     raise no_face_error(str(exc), exc, p) from exc
-        with running(handle) as core:
-            for p in range(count):
-                check_cancel()
-                result = age_photo(
-                    core, to_numpy(image[p]), targets, detector=finder, detected=detected[p],
-                    source_age=None if source_age < 0 else source_age,
-                    gender=None if gender == "auto" else gender, face=which,
-                    seed=seed, strength=optional_value(strength), id_strength=optional_value(id_strength),
-                    feather=feather, mask_scale=mask_scale, color_match=color_match,
-                    image_name=names[p], on_no_face=no_face, reference_inference=reference_inference,
-                    callback=lambda step, total, p=p: progress(p * total + step, count * total))
-                if result.no_face is not None:  # the core logged the warning, naming the image
-                    skipped.append((p, result.no_face))
-                photos.extend(result.photos)
+        core = handle.ready()
+        for p in range(count):
+            check_cancel()
+            result = age_photo(
+                core, to_numpy(image[p]), targets, detector=finder, detected=detected[p],
+                source_age=None if source_age < 0 else source_age,
+                gender=None if gender == "auto" else gender, face=which,
+                seed=seed, strength=optional_value(strength), id_strength=optional_value(id_strength),
+                feather=feather, mask_scale=mask_scale, color_match=color_match,
+                image_name=names[p], on_no_face=no_face, reference_inference=bool(reference_inference),
+                callback=lambda step, total, p=p: progress(p * total + step, count * total))
+            if result.no_face is not None:  # the core logged the warning, naming the image
+                skipped.append((p, result.no_face))
+            photos.extend(result.photos)
         ages = ", ".join(str(a) for a in targets)
         report = skip_report(f"{AGE_PHOTO}: aged the face(s) of {count - len(skipped)} of {count} image(s) to "
                              f"{ages}", skipped, "no_face = skip: returned unchanged at every age")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+import torch
+from comfy_api.v0_0_2 import io
 
-from .common import model_handle, model_input, reference_inference_input, seed_input, source_attributes, source_inputs
+from .common import (model_handle, model_input, reference_inference_input, seed_input, source_attributes,
+                     source_inputs)
+from .handles import FacesHandle, ModelHandle
 from .layout import optional_value, parse_ages, sweep_ages, to_comfy, to_core
-from .models import running
 from .progress import step_callback
 
 SWEEP = "Lifespan Sweep"
@@ -46,15 +48,14 @@ class LifespanSweep(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, image, start_age: int = 10, end_age: int = 80, step: int = 10, ages: str = "",
-                source_age: int = -1, gender: str = "auto", faces=None, seed: int = 0,
-                id_strength: float = 0.0, reference_inference: bool = False) -> io.NodeOutput:
+    def execute(cls, model: ModelHandle, image: torch.Tensor, start_age: int, end_age: int, step: int,
+                source_age: int, gender: str, seed: int, id_strength: float, ages: str | None = None,
+                faces: FacesHandle | None = None, reference_inference: bool | None = None) -> io.NodeOutput:
         handle = model_handle(model, SWEEP)
         batch = to_core(image, SWEEP, "image")
         targets = parse_ages(ages, SWEEP, "ages") if ages and ages.strip() else \
             sweep_ages(start_age, end_age, step, SWEEP)
         sources, genders = source_attributes(batch.shape[0], source_age, gender, faces, SWEEP)
-        with running(handle) as core:
-            result = core(batch, targets, sources, genders, seed=seed, id_strength=optional_value(id_strength),
-                          callback=step_callback(), reference_inference=reference_inference)
+        result = handle.ready()(batch, targets, sources, genders, seed=seed, id_strength=optional_value(id_strength),
+                                callback=step_callback(), reference_inference=bool(reference_inference))
         return io.NodeOutput(to_comfy(result.images), ", ".join(str(a) for a in targets))

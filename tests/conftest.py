@@ -59,3 +59,12 @@ def real_models(tiny_models, real_faces, tmp_path_factory):
             (models / entry.name).symlink_to(entry)
     (models / "insightface").symlink_to(real_faces.pack.parents[1])
     return models
+
+
+@pytest.fixture(scope="session")
+def comfyui(tmp_path_factory):
+    """One real ComfyUI with this pack for the integration and browser tests (tests/comfyui_server.py)."""
+    from comfyui_server import running_server
+
+    with running_server(tmp_path_factory.mktemp("comfyui")) as server:
+        yield server

@@ -1,47 +1,26 @@
 """The pack inside a real ComfyUI: started headless on the CPU, driven over HTTP.
 
-Needs a ComfyUI checkout: ``COMFYUI_DIR=/path/to/ComfyUI`` (and ``COMFYUI_PYTHON``, the Python of its
-environment, with this pack's requirements installed; default: this interpreter). Without
-``COMFYUI_DIR`` every test here is skipped, with that reason in pytest's summary.
-
-One server serves the whole module: a temporary ``--base-directory`` with this checkout linked into
-``custom_nodes/`` and the tiny model set laid out as a ComfyUI user would (``models/cradle2cane``,
-the single-file base also in ``models/checkpoints``, the insightface pack in
-``models/insightface/models/buffalo_l``). Every shipped API workflow is queued and its outputs read
-back; a failing prompt, an out-of-range age and a cancel must leave the server serving.
+The server (``tests/comfyui_server.py``) needs ``COMFYUI_DIR``; without it every test here is
+skipped, with the reason in pytest's summary. Every shipped API workflow is queued and its outputs
+read back; ComfyUI's memory manager must list our model groups after a run and release them on
+``POST /free``; a workflow with a core ComfyUI model loader runs beside ours; crafted file
+choices are refused; a failing prompt, an out-of-range age and a cancel leave the server serving.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
+from comfyui_server import (COMFYUI_DIR, COMFYUI_PYTHON, PHOTO_SIZE, ROOT, api_workflow as _api, node_of,
+                            requires_comfyui, ui_workflow as _ui)
 from node_names import NODE_NAMES
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = ROOT / "example_workflows"
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = requires_comfyui
 
-pytestmark = pytest.mark.skipif(
-    not COMFYUI_DIR,
-    reason="COMFYUI_DIR is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its Python) "
-           "to run the pack inside the real server",
-)
-
-PHOTO_SIZE = (512, 512)  # assets/astronaut.jpg
 TINY = (128, 128)  # the tiny model's resolution: aged crops come out at this size
 # output node -> (number of images, size) for each shipped workflow (tiny model set, astronaut photo)
 EXPECTED = {
@@ -51,135 +30,17 @@ EXPECTED = {
     "cradle2cane_age_photo_all_in_one": {"SaveImage": (1, PHOTO_SIZE)},
 }
 SWEEP_FRAMES = 8  # Lifespan Sweep's default 10..80 step 10
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A running ComfyUI and the few HTTP calls the tests need."""
-
-    def __init__(self, url: str, process: subprocess.Popen, log: Path, base: Path) -> None:
-        self.url, self.process, self.log, self.base = url, process, log, base
-        self.client_id = uuid.uuid4().hex
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            body = response.read()
-        return json.loads(body) if response.headers.get_content_type() == "application/json" else body
-
-    def post(self, path: str, data: dict | None = None):
-        request = urllib.request.Request(self.url + path, data=json.dumps(data or {}).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"POST {path} -> {exc.code}: {exc.read().decode(errors='replace')}") from exc
-        return json.loads(body) if body else None
-
-    def queue(self, prompt: dict) -> str:
-        return self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
-
-    def wait(self, prompt_id: str, timeout: float = 120.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            history = self.get(f"/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                entry = history[prompt_id]
-                if entry["status"]["status_str"] in ("success", "error"):
-                    return entry
-            assert self.process.poll() is None, f"ComfyUI died:\n{self.tail()}"
-            time.sleep(0.1)
-        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout:.0f}s:\n{self.tail()}")
-
-    def image(self, item: dict):
-        from PIL import Image
-
-        query = urllib.parse.urlencode({k: item[k] for k in ("filename", "subfolder", "type")})
-        return Image.open(io.BytesIO(self.get(f"/view?{query}")))
-
-    def alive(self) -> bool:
-        return self.process.poll() is None and "system" in self.get("/system_stats")
-
-    def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _lay_out_models(base: Path) -> None:
-    """The tiny model set where a ComfyUI user keeps the real files."""
-    from cradle2cane.testing.tiny import write_tiny_models
-
-    models = base / "models"
-    c2c = write_tiny_models(models / "cradle2cane", seed=0)
-    (models / "insightface" / "models").mkdir(parents=True)
-    shutil.move(str(c2c / "insightface" / "models" / "buffalo_l"), models / "insightface" / "models" / "buffalo_l")
-    shutil.rmtree(c2c / "insightface")
-    (models / "checkpoints").mkdir()
-    single = c2c / "sd_xl_turbo_1.0_fp16.safetensors"
-    shutil.copy2(single, models / "checkpoints" / single.name)
+GROUPS = {f"Cradle2Cane_{name}" for name in ("text_encoders", "unet", "vae", "identity")}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    comfy = Path(COMFYUI_DIR)
-    assert (comfy / "main.py").is_file(), f"COMFYUI_DIR={comfy} holds no main.py"
-    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
-    base = tmp_path_factory.mktemp("comfy")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "cradle2cane").symlink_to(ROOT, target_is_directory=True)
-    _lay_out_models(base)
-    (base / "input").mkdir()
-    shutil.copy2(ROOT / "assets" / "astronaut.jpg", base / "input" / "astronaut.jpg")
-    shutil.copy2(ROOT / "assets" / "astronaut.jpg", base / "input" / "astronaut_again.jpg")
-    from PIL import Image
-
-    Image.new("RGB", PHOTO_SIZE).save(base / "input" / "black.png")
-
-    port = _free_port()
-    log = base / "comfyui.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
-             "--disable-auto-launch"],
-            cwd=comfy, stdout=out, stderr=subprocess.STDOUT, env=env)
-    srv = Server(f"http://127.0.0.1:{port}", process, log, base)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, f"ComfyUI exited with {process.returncode}:\n{srv.tail()}"
-            try:
-                if srv.alive():
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"ComfyUI did not answer in 90s:\n{srv.tail()}"
-            time.sleep(0.25)
-        yield srv
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def server(comfyui):
+    return comfyui
 
 
 @pytest.fixture(scope="module")
 def object_info(server):
     return server.get("/object_info")
-
-
-def _api(name: str) -> dict:
-    return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
-
-
-def _ui(name: str) -> dict:
-    return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
 
 def _error(entry: dict) -> dict:
@@ -226,22 +87,6 @@ def test_workflow_templates_are_served(server):
     graph = server.get("/api/workflow_templates/cradle2cane/cradle2cane_two_pass_aligned_face.json")
     graph = json.loads(graph) if isinstance(graph, bytes) else graph
     assert graph == _ui("cradle2cane_two_pass_aligned_face")
-
-
-def test_api_twins_follow_the_ui_graphs_under_the_real_schemas(object_info):
-    sys.path.insert(0, str(ROOT / "tests" / "comfy_stubs"))
-    try:
-        from frontend import CORE_NODE_INFO, ui_to_api
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "comfy_stubs"))
-    for name, info in CORE_NODE_INFO.items():  # the stand-in the CI test uses is what the server says
-        real = object_info[name]
-        assert real["input_order"]["required"] == info["input_order"]["required"], name
-        for input_name, spec in info["input"]["required"].items():
-            real_spec = real["input"]["required"][input_name]
-            assert (real_spec[0] if isinstance(spec[0], str) else list) == (spec[0] if isinstance(spec[0], str) else list)
-    for name in EXPECTED:
-        assert ui_to_api(_ui(name), object_info) == _api(name), f"{name}: API twin out of date"
 
 
 # ----------------------------------------------------------------------------- running the workflows
@@ -368,7 +213,8 @@ def test_interrupt_stops_a_run_and_the_next_prompt_gives_the_same_result(server,
     stopped_after = time.monotonic() - interrupted_at
     interrupted = [data for kind, data in entry["status"]["messages"] if kind == "execution_interrupted"]
     assert interrupted and interrupted[0]["node_id"] == sweep, entry["status"]["messages"]  # stopped mid-sweep
-    assert stopped_after < 5.0, f"took {stopped_after:.1f}s to stop"
+    # Within a UNet step or two; generous because the CI machine is shared (a full sweep takes minutes).
+    assert stopped_after < 20.0, f"took {stopped_after:.1f}s to stop"
     assert server.alive()
 
     # Same all-in-one prompt as before, on a copy of the photo (so ComfyUI's cache does not answer):
@@ -380,3 +226,155 @@ def test_interrupt_stops_a_run_and_the_next_prompt_gives_the_same_result(server,
     again = _check_outputs(server, prompt, entry, "cradle2cane_age_photo_all_in_one")
     before = results["cradle2cane_age_photo_all_in_one"][0]
     assert np.array_equal(np.asarray(again["SaveImage"][0]), np.asarray(before["SaveImage"][0]))
+
+
+# ----------------------------------------------------------------------------- ComfyUI's memory manager
+
+
+def _ours(loaded: list[dict]) -> dict[str, dict]:
+    return {m["name"]: m for m in loaded if m["name"] in GROUPS}
+
+
+def _age_photo(image: str) -> dict:
+    prompt = _api("cradle2cane_age_photo_all_in_one")
+    prompt[node_of(prompt, "LoadImage")]["inputs"]["image"] = image
+    return prompt
+
+
+def _saved(server, prompt: dict, entry: dict) -> np.ndarray:
+    (item,) = entry["outputs"][node_of(prompt, "SaveImage")]["images"]
+    return np.asarray(server.image(item).convert("RGB"))
+
+
+def test_comfyui_loads_our_groups_and_free_releases_them(server, results):
+    """After a run ComfyUI lists the four groups with their full weight sizes; "Unload models" with the
+    node cache (POST /free) removes them; the next run loads them again and gives the same image."""
+    first = _saved(server, _api("cradle2cane_age_photo_all_in_one"),
+                   server.run(_age_photo("astronaut_third.jpg")))  # a new cache key: the node runs
+    ours = _ours(server.loaded_models())
+    assert set(ours) == GROUPS, server.loaded_models()
+    for model in ours.values():
+        assert model["loaded"] == model["size"] > 0 and model["device"] == "cpu", model  # whole, honest sizes
+    assert server.free() == []  # nothing of ours (nor anything else) is left loaded
+    prompt = _age_photo("astronaut_third.jpg")  # same prompt: after free_memory nothing is cached
+    again = server.run(prompt)
+    assert set(_ours(server.loaded_models())) == GROUPS
+    assert np.array_equal(_saved(server, prompt, again), first)
+
+
+def test_unloaded_groups_are_loaded_again_from_the_cached_model(server, results):
+    """Unload models without freeing the node cache: the loader's output stays cached and the next
+    Cradle2Cane node has ComfyUI load the groups back."""
+    prompt = _age_photo("astronaut.jpg")
+    before = _saved(server, prompt, server.run(prompt))
+    server.post("/free", {"unload_models": True})
+    deadline = time.monotonic() + 30
+    while _ours(server.loaded_models()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _ours(server.loaded_models())
+    prompt = _age_photo("astronaut_again.jpg")  # same pixels, a new cache key for LoadImage and Age Photo
+    entry = server.run(prompt)
+    executed = {kind: data for kind, data in entry["status"]["messages"]}["execution_cached"]["nodes"]
+    assert node_of(prompt, "C2C_LoadCradle2Cane") in executed  # not loaded from disk again
+    assert set(_ours(server.loaded_models())) == GROUPS
+    assert np.array_equal(_saved(server, prompt, entry), before)
+
+
+def test_a_workflow_with_a_core_model_loader_runs_beside_ours(server, results):
+    """Cradle2Cane's output through a VAE from ComfyUI's own VAELoader (TAESD-XL) in one prompt: both
+    models are in ComfyUI's list, and the round trip gives an image."""
+    prompt = _age_photo("astronaut_again.jpg")
+    aged = node_of(prompt, "C2C_AgePhoto")
+    core = {
+        "100": {"class_type": "VAELoader", "inputs": {"vae_name": "taesdxl"}},
+        "101": {"class_type": "VAEEncode", "inputs": {"pixels": [aged, 0], "vae": ["100", 0]}},
+        "102": {"class_type": "VAEDecode", "inputs": {"samples": ["101", 0], "vae": ["100", 0]}},
+        "103": {"class_type": "SaveImage", "inputs": {"images": ["102", 0], "filename_prefix": "core_vae"}},
+    }
+    entry = server.run({**prompt, **core})
+    (item,) = entry["outputs"]["103"]["images"]
+    assert server.image(item).size == PHOTO_SIZE
+    assert _saved(server, prompt, entry).shape == (*PHOTO_SIZE, 3)
+    names = {m["name"] for m in server.loaded_models()}
+    assert GROUPS | {"TAESD"} <= names, names
+
+
+GROUP_PATCHER_CHECK = """
+import importlib.util, sys, torch
+from comfy.cli_args import args
+args.cpu = True
+import comfy.model_management as mm
+root = sys.argv[1]
+spec = importlib.util.spec_from_file_location("c2c_pack", root + "/__init__.py", submodule_search_locations=[root])
+sys.modules["c2c_pack"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sys.modules["c2c_pack"])
+from c2c_pack.nodes.memory import GroupPatcher, group_class
+from comfy.model_patcher import ModelPatcher
+for cls in (GroupPatcher, ModelPatcher):
+    group = group_class("unet")([torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)])
+    patcher = cls(group, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    entry = mm.LoadedModel(patcher)
+    entry.model_load(0.1)  # what load_models_gpu asks for under --novram: 0.1 bytes of weights
+    novram = patcher.loaded_size()
+    unloaded = entry.model_unload(memory_to_free=1)  # free_memory short of one byte
+    entry.model_load(1024)  # --lowvram with 1 KiB of room
+    print(cls.__name__, patcher.model_size(), novram, unloaded, patcher.loaded_size())
+"""
+
+
+def test_comfyui_moves_a_group_only_whole():
+    """ComfyUI's own LoadedModel/ModelPatcher code: where it would load or unload part of a model
+    (--lowvram, --novram, a nearly full GPU), a group is loaded or unloaded whole, since our diffusers
+    modules cannot compute with some weights left behind. A plain ModelPatcher, for comparison, puts
+    none of these weights on the device under --novram."""
+    out = subprocess.run([COMFYUI_PYTHON, "-c", GROUP_PATCHER_CHECK, str(ROOT)], cwd=COMFYUI_DIR, check=True,
+                         capture_output=True, text=True).stdout.split()
+    ours, plain = out[-10:-5], out[-5:]
+    size = int(ours[1])
+    assert ours == ["GroupPatcher", str(size), str(size), "True", str(size)]
+    assert plain[0] == "ModelPatcher" and plain[2] == "0"  # nothing on the device: our modules would fail
+
+
+# ----------------------------------------------------------------------------- crafted file choices
+
+
+def _crafted(server, **changes) -> tuple[int, str]:
+    prompt = _api("cradle2cane_photo_align_age_paste_back")
+    for class_type, (name, value) in changes.items():
+        prompt[node_of(prompt, class_type)]["inputs"][name] = value
+    return server.request("/prompt", {"prompt": prompt, "client_id": server.client_id})
+
+
+def test_file_choices_outside_the_model_folders_are_refused_when_queued(server, results):
+    """Crafted POST /prompt values naming folders or files outside ComfyUI's model folders are
+    refused before anything runs. The answer is the same whether the target exists or not (only the
+    value sent comes back), and the server keeps serving."""
+    outside = server.base / "elsewhere"
+    if not outside.exists():  # a complete Cradle2Cane folder and insightface pack outside every model folder
+        outside.mkdir()
+        (outside / "Cradle2Cane").symlink_to(server.base / "models" / "cradle2cane" / "Cradle2Cane")
+        (outside / "buffalo_l").symlink_to(server.base / "models" / "insightface" / "models" / "buffalo_l")
+    loader, align = "C2C_LoadCradle2Cane", "C2C_FaceAlign"
+    crafted = [
+        (loader, "cradle2cane", "../../../elsewhere/Cradle2Cane"), (loader, "cradle2cane", "../../../nowhere/x"),
+        (loader, "cradle2cane", str(outside / "Cradle2Cane")), (loader, "cradle2cane", "/nowhere"),
+        (loader, "base", f"diffusers/{server.base / 'models' / 'cradle2cane' / 'sdxl-turbo'}"),
+        (loader, "base", "diffusers//nowhere"),
+        (loader, "base", "checkpoints/../cradle2cane/sd_xl_turbo_1.0_fp16.safetensors"),
+        (align, "detector", "../../../../elsewhere/buffalo_l"), (align, "detector", "../../../../nowhere"),
+    ]
+    answers = {}
+    for class_type, name, value in crafted:
+        status, body = _crafted(server, **{class_type: (name, value)})
+        assert status == 400, (value, status, body)
+        errors = json.loads(body)["node_errors"]
+        (node,) = errors.values()
+        assert node["class_type"] == class_type
+        # one entry per input the node's validate_inputs takes, each "<input> - <message>"
+        details = {error["details"].split(" - ", 1)[1] for error in node["errors"]}
+        assert len(details) == 1 and "press R" in details.pop(), node["errors"]
+        assert name in {error["extra_info"]["input_name"] for error in node["errors"]}
+        answers.setdefault((class_type, name), set()).add(body.replace(json.dumps(value)[1:-1], "VALUE"))
+        assert str(server.base) not in body.replace(json.dumps(value)[1:-1], "VALUE")
+    assert all(len(texts) == 1 for texts in answers.values()), answers  # existing or not: the same answer
+    assert server.alive() and not server.get("/queue")["queue_pending"]

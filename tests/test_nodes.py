@@ -1,7 +1,8 @@
 """The ComfyUI nodes without a ComfyUI: schemas, folders, every node's execute on the tiny set.
 
-ComfyUI is not installed in CI, so ``tests/comfy_stubs`` stands in for ``comfy_api.latest``,
-``folder_paths`` and ``comfy.*`` (same signatures and behaviour, far less of it). The pack is loaded
+These tests run where ComfyUI is not installed, so ``tests/comfy_stubs`` stands in for
+``comfy_api.v0_0_2``, ``folder_paths`` and ``comfy.*`` (same signatures, far less behaviour: its
+memory manager only records what it is asked to load). The pack is loaded
 the way ComfyUI loads it: its root ``__init__.py`` as a package, then ``comfy_entrypoint()``. The
 stand-ins are removed from ``sys.modules`` again when this module's tests end.
 ``tests/test_comfyui_integration.py`` runs the same nodes inside the real server.
@@ -76,21 +77,33 @@ def comfy(tiny_models, tmp_path_factory):
         yield SimpleNamespace(pack=pack, light=light, extension=extension, classes=classes, base=base, mm=mm,
                               utils=comfy.utils, folder_paths=folder_paths,
                               nodes={cls.GET_SCHEMA().node_id: cls for cls in classes},
-                              models=sys.modules[f"{PACK}.nodes.models"], handles=sys.modules[f"{PACK}.nodes.handles"])
+                              models=sys.modules[f"{PACK}.nodes.models"], handles=sys.modules[f"{PACK}.nodes.handles"],
+                              memory=sys.modules[f"{PACK}.nodes.memory"])
     finally:
         sys.path.remove(str(STUBS))
         _drop_modules(STUB_MODULES + (PACK,))
         sys.modules.update(saved)
 
 
+def with_defaults(comfy, node_id: str, inputs: dict) -> dict:
+    """``inputs`` plus the schema's default for every widget not given, as ComfyUI sends them."""
+    schema = comfy.nodes[node_id].GET_SCHEMA()
+    defaults = {i.id: i.default if i.default is not None else i.options[0]  # a combo's first option
+                for i in schema.inputs if getattr(i, "default", None) is not None or getattr(i, "options", None)}
+    return {**defaults, **inputs}
+
+
+def execute(comfy, node_id: str, **inputs):
+    return comfy.nodes[node_id].execute(**with_defaults(comfy, node_id, inputs))
+
+
 def run(comfy, node_id: str, **inputs):
-    return comfy.nodes[node_id].execute(**inputs).args
+    return execute(comfy, node_id, **inputs).args
 
 
 @pytest.fixture(scope="module")
 def model(comfy):
-    (handle,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", base="auto", precision="fp32",
-                    device="cpu", memory="default")
+    (handle,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", precision="fp32", device="cpu")
     return handle
 
 
@@ -126,7 +139,7 @@ def aligned(comfy, photo):
 def test_entry_point_is_v3_only_and_light(comfy):
     assert not hasattr(comfy.pack, "NODE_CLASS_MAPPINGS") and not hasattr(comfy.pack, "NODE_DISPLAY_NAME_MAPPINGS")
     assert comfy.light, "importing the pack's __init__ imported its nodes (it must only register on demand)"
-    from comfy_api.latest import ComfyExtension
+    from comfy_api.v0_0_2 import ComfyExtension
 
     assert isinstance(comfy.extension, ComfyExtension)
 
@@ -160,10 +173,10 @@ def test_handles_are_distinct_custom_types(comfy):
 
 
 def test_node_modules_stay_thin(comfy):
-    """Adapters only: no torch.nn modules or samplers defined in nodes/."""
+    """Adapters only: no model code (forward passes, samplers) in nodes/."""
     for path in (ROOT / "nodes").glob("*.py"):
         text = path.read_text()
-        assert "nn.Module" not in text and "unet(" not in text and "scheduler" not in text, path.name
+        assert "def forward" not in text and "unet(" not in text and "scheduler" not in text, path.name
         assert len(text) < 24_000, f"{path.name} is getting large; split it by idea"
 
 
@@ -209,90 +222,108 @@ def test_base_choices_resolve_to_the_files(comfy):
     assert models.resolve_base("auto", root) is None  # the core finds sdxl-turbo/ in the models folder
     single = models.resolve_base("checkpoints/sd_xl_turbo_1.0_fp16.safetensors", root)
     assert single == comfy.base / "models" / "checkpoints" / "sd_xl_turbo_1.0_fp16.safetensors"
-    with pytest.raises(FileNotFoundError, match="press R"):
-        models.resolve_base("checkpoints/missing.safetensors", root)
-    with pytest.raises(ValueError, match="dropdown"):
-        models.resolve_base("somewhere/else", root)
+    for bad in ("checkpoints/missing.safetensors", "somewhere/else"):
+        with pytest.raises(ValueError, match="press R"):
+            models.resolve_base(bad, root)
 
 
-# ----------------------------------------------------------------------------- loading
+def _outside_copy(comfy) -> Path:
+    """A complete Cradle2Cane folder outside every model folder (what a traversal would aim at)."""
+    outside = comfy.base / "elsewhere" / "Cradle2Cane"
+    if not outside.exists():
+        outside.parent.mkdir(exist_ok=True)
+        outside.symlink_to((comfy.base / "models" / "cradle2cane" / "Cradle2Cane").resolve())
+    return outside
 
 
-def test_loader_caches_by_files_dtype_device_and_memory(comfy, model):
-    assert isinstance(model, comfy.handles.ModelHandle) and model.device.type == "cpu"
-    assert model.model.dtype == torch.float32 and model.size_bytes > 0
-    (again,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", base="auto", precision="auto",
-                   device="cpu", memory="offload between runs")
-    assert again.model is model.model  # auto = fp32 on the CPU: the same cached model
-    assert again.memory == "offload between runs"
+def test_file_choices_outside_the_model_folders_are_refused_alike(comfy):
+    """Whatever a crafted prompt names, existing or not, the loader and detector refuse it before any
+    path is built, with one message that names no path (only the value that was sent)."""
+    outside = _outside_copy(comfy)
+    crafted = {
+        "cradle2cane": [f"../../{outside.parent.name}/Cradle2Cane", "../../nowhere/Cradle2Cane", str(outside),
+                        "/nowhere", "Cradle2Cane/../../elsewhere/Cradle2Cane"],
+        "base": [f"diffusers/{outside.parent.parent / 'models' / 'cradle2cane' / 'sdxl-turbo'}",
+                 "diffusers//nowhere", "checkpoints/../cradle2cane/sd_xl_turbo_1.0_fp16.safetensors",
+                 "checkpoints/../../nowhere.safetensors"],
+        "detector": ["../../../../elsewhere/buffalo_l", "../../nowhere", str(comfy.base)],
+    }
+    loader, align = comfy.nodes["C2C_LoadCradle2Cane"], comfy.nodes["C2C_FaceAlign"]
+    messages = set()
+    for name, values in crafted.items():
+        for value in values:
+            node = align if name == "detector" else loader
+            refused = node.validate_inputs(**{name: value})
+            assert isinstance(refused, str) and "press R" in refused, (name, value, refused)
+            messages.add(refused.replace(repr(value), "VALUE"))
+            inputs = {"image": torch.zeros(1, 64, 64, 3)} if name == "detector" else {"cradle2cane": "Cradle2Cane"}
+            with pytest.raises(ValueError) as error:  # a value that reaches execute (e.g. linked) is refused too
+                run(comfy, node.GET_SCHEMA().node_id, **{**inputs, name: value})
+            assert str(error.value) == refused
+    assert len(messages) == len(crafted), messages  # one text per input: nothing tells existing paths from missing ones
+    assert not any(str(comfy.base) in m for m in messages)
+    assert loader.validate_inputs(cradle2cane="Cradle2Cane", base="checkpoints/sd_xl_turbo_1.0_fp16.safetensors") is True
+    assert loader.validate_inputs() is True and align.validate_inputs() is True  # linked inputs: checked when run
+
+
+# ----------------------------------------------------------------------------- loading and memory
+
+
+def test_loader_hands_four_groups_to_comfyui(comfy, model):
+    assert isinstance(model, comfy.handles.ModelHandle) and model.groups.device.type == "cpu"
+    assert model.model.dtype == torch.float32 and model.model.offload is model.groups
+    patchers = model.groups.patchers
+    assert list(patchers) == ["text_encoders", "unet", "vae", "identity"]
+    groups = model.model.component_groups()
+    for name, patcher in patchers.items():
+        assert type(patcher.model).__name__ == f"Cradle2Cane_{name}"
+        assert list(patcher.model.parts) == groups[name]  # the pipeline's own modules, not copies
+        assert patcher.model_size() == sum(t.nelement() * t.element_size() for m in groups[name]
+                                           for t in m.state_dict().values())
+    total = sum(p.model_size() for p in patchers.values())
+    assert total == sum(t.nelement() * t.element_size() for m in model.model.components().values()
+                        for t in m.state_dict().values())  # every weight in exactly one group
+
+
+@pytest.mark.parametrize("memory", ["default", "model offload"])
+def test_a_node_run_asks_comfyui_for_the_groups_it_needs(comfy, aligned, memory):
+    crops, _ = aligned
+    (handle,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", precision="fp32", device="cpu",
+                    memory=memory)
+    comfy.mm.calls.clear()
+    run(comfy, "C2C_AdaNIFirstPass", model=handle, image=crops[:1], target_ages="70", source_age=30, gender="male")
+    asked = [names for kind, names in comfy.mm.calls if kind == "load_models_gpu"]
+    every = [f"Cradle2Cane_{n}" for n in ("text_encoders", "unet", "vae", "identity")]
+    if memory == "default":  # all groups together first, so ComfyUI makes room for them in one go
+        assert asked[0] == every
+    else:  # one group at a time, when it runs; never several at once
+        assert asked[0] == ["Cradle2Cane_vae"] and all(len(names) == 1 for names in asked)
+    assert {name for names in asked for name in names} >= set(every) - {"Cradle2Cane_identity"}
 
 
 def test_single_file_base_from_checkpoints_loads(comfy, model):
     (handle,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane",
-                    base="checkpoints/sd_xl_turbo_1.0_fp16.safetensors", precision="fp32", device="cpu",
-                    memory="default")
-    try:
-        assert handle.model is not model.model and handle.model.resolution == SIZE
-    finally:
-        comfy.models.clear_cache()
+                    base="checkpoints/sd_xl_turbo_1.0_fp16.safetensors", precision="fp32", device="cpu")
+    assert handle.model is not model.model and handle.model.resolution == SIZE
 
 
-def test_missing_model_folder_says_where_and_how(comfy):
-    with pytest.raises(FileNotFoundError) as error:
-        run(comfy, "C2C_LoadCradle2Cane", cradle2cane="MyRun", base="auto", precision="auto", device="cpu",
-            memory="default")
+def test_missing_model_folder_says_where_and_how(comfy, tmp_path, monkeypatch):
+    from cradle2cane.loading import paths as W
+
+    empty = tmp_path / "cradle2cane"
+    empty.mkdir()
+    monkeypatch.setitem(comfy.folder_paths.folder_names_and_paths, "cradle2cane", ([str(empty)], set()))
+    with pytest.raises(FileNotFoundError) as error:  # the released name is offered even before the download
+        run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", device="cpu")
     message = str(error.value)
-    assert "pytorch_lora_weights.safetensors" in message and "MyRun" in message
-    assert "huggingface-cli download byliutao/Cradle2Cane" in message
-    assert str(comfy.base / "models" / "cradle2cane") in message
+    assert "pytorch_lora_weights.safetensors" in message and str(empty / "Cradle2Cane") in message
+    assert W.source_of(W.C2C_DIR) in message
 
 
 def test_bad_choices_are_refused(comfy):
     for bad in ({"precision": "fp8"}, {"memory": "swap"}, {"device": "tpu"}):
-        inputs = {"cradle2cane": "Cradle2Cane", "base": "auto", "precision": "fp32", "device": "cpu",
-                  "memory": "default", **bad}
         with pytest.raises(ValueError, match=next(iter(bad))):
-            run(comfy, "C2C_LoadCradle2Cane", **inputs)
-
-
-class _FakeModel:
-    """Records moves; stands in for a Cradle2Cane in the device bookkeeping test."""
-
-    def __init__(self, device):
-        self.device, self.moves, self.released = torch.device(device), [], 0
-
-    def to(self, device):
-        self.device = torch.device(device)
-        self.moves.append(str(self.device))
-        return self
-
-    def release_memory(self):
-        self.released += 1
-
-
-def test_running_moves_the_model_and_parks_it_between_runs(comfy, monkeypatch):
-    models, mm = comfy.models, comfy.mm
-    monkeypatch.setattr(mm, "unet_offload_device", lambda: torch.device("cpu"))
-    fake = _FakeModel("cpu")
-    gpu = torch.device("cuda", 0)  # only compared, never used
-    handle = comfy.handles.ModelHandle(fake, comfy.base, gpu, models.BETWEEN_RUNS, 123)
-    mm.calls.clear()
-    with pytest.raises(RuntimeError):
-        with models.running(handle) as inside:
-            assert inside is fake and fake.device == gpu
-            raise RuntimeError("a node failed")
-    assert fake.moves == ["cuda:0", "cpu"]  # parked again, also after the error
-    assert ("free_memory", 123, gpu) in mm.calls and ("soft_empty_cache",) in mm.calls
-
-    fake = _FakeModel("cuda:0")
-    with models.running(comfy.handles.ModelHandle(fake, comfy.base, gpu, "default", 1)):
-        pass
-    assert fake.moves == []  # already there, stays there
-
-    fake = _FakeModel("cpu")
-    with models.running(comfy.handles.ModelHandle(fake, comfy.base, gpu, "model offload", 1)):
-        pass
-    assert fake.moves == [] and fake.released == 1  # the core's offload hooks move it, not .to()
+            run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", **bad)
 
 
 # ----------------------------------------------------------------------------- faces
@@ -355,7 +386,7 @@ def test_no_face_is_the_last_input_and_report_the_last_output(comfy, node_id):
 def test_face_align_skip_leaves_photos_without_a_face_out_and_reports_them(comfy, photo, aligned, caplog):
     images = _face_black_face(photo)
     with caplog.at_level(logging.WARNING):
-        out = comfy.nodes["C2C_FaceAlign"].execute(image=images, no_face="skip", **ALIGN)
+        out = execute(comfy, "C2C_FaceAlign", image=images, no_face="skip", **ALIGN)
     crops, faces, report = out.args
     assert faces.photo_index == (0, 2) and faces.skipped == (1,) and faces.photo_count == 3
     assert torch.equal(crops, aligned[0])  # the same crops as without the black photo in between
@@ -373,10 +404,10 @@ def test_face_align_skip_leaves_photos_without_a_face_out_and_reports_them(comfy
         run(comfy, "C2C_FaceAlign", image=photo, no_face="ignore", **ALIGN)
 
 
-def test_missing_face_pack_says_where_to_unzip(comfy, photo):
-    with pytest.raises(FileNotFoundError, match="antelopev2.zip"):
-        run(comfy, "C2C_FaceAlign", image=photo, detector="antelopev2", face="largest", face_index=0,
-            det_size=640, det_thresh=0.5, size=SIZE)
+def test_missing_face_pack_says_where_to_unzip(comfy, photo, tmp_path, monkeypatch):
+    monkeypatch.setitem(comfy.folder_paths.folder_names_and_paths, "insightface", ([str(tmp_path)], set()))
+    with pytest.raises(FileNotFoundError, match="buffalo_l.zip"):  # offered before it is downloaded
+        run(comfy, "C2C_FaceAlign", image=photo, detector="buffalo_l", size=SIZE)
 
 
 def test_nodes_load_without_insightface_and_face_nodes_say_what_to_install(comfy, photo, monkeypatch):
@@ -560,7 +591,7 @@ def test_age_photo_skip_returns_a_photo_without_a_face_unchanged_at_every_age(co
                     id_strength=0.0, feather=0.1, mask_scale=0.9, color_match="mean", **ALIGN)
     settings.pop("size")
     with caplog.at_level(logging.WARNING):
-        out = comfy.nodes["C2C_AgePhoto"].execute(image=images, no_face="skip", **settings)
+        out = execute(comfy, "C2C_AgePhoto", image=images, no_face="skip", **settings)
     result, report = out.args
     assert result.shape == (6, 512, 512, 3)  # photos x ages, photo by photo
     assert torch.equal(result[2], images[1]) and torch.equal(result[3], images[1])
@@ -642,11 +673,11 @@ def test_cancel_stops_within_a_step_and_restores_the_lora(comfy, model, aligned,
 
 
 def _workflow_names():
-    return sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
+    return sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
 
 
 def test_every_ui_workflow_has_an_api_twin():
-    api = sorted(p.stem for p in (ROOT / "example_workflows" / "api").glob("*.json"))
+    api = sorted(p.stem for p in (ROOT / "workflows" / "api").glob("*.json"))
     assert api == _workflow_names() and len(api) >= 4
 
 
@@ -655,10 +686,10 @@ def test_api_twin_is_what_the_frontend_queues_for_the_ui_graph(comfy, name):
     from frontend import CORE_NODE_INFO, ui_to_api
 
     info = {**CORE_NODE_INFO, **{i: cls.GET_NODE_INFO_V1() for i, cls in comfy.nodes.items()}}
-    graph = json.loads((ROOT / "example_workflows" / f"{name}.json").read_text())
-    api = json.loads((ROOT / "example_workflows" / "api" / f"{name}.json").read_text())
+    graph = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
     assert ui_to_api(graph, info) == api, (
-        f"example_workflows/api/{name}.json is out of date: export the graph again in ComfyUI "
+        f"workflows/api/{name}.json is out of date: export the graph again in ComfyUI "
         "(Workflow > Export (API)) or regenerate it with tests/comfy_stubs/frontend.py's ui_to_api")
     links = {link[0]: link for link in graph["links"]}
     for node in graph["nodes"]:
@@ -675,7 +706,7 @@ def test_api_twin_is_what_the_frontend_queues_for_the_ui_graph(comfy, name):
 
 def test_workflows_cover_the_use_cases():
     uses = {name: {n["class_type"] for n in json.loads(
-        (ROOT / "example_workflows" / "api" / f"{name}.json").read_text()).values()} for name in _workflow_names()}
+        (ROOT / "workflows" / "api" / f"{name}.json").read_text()).values()} for name in _workflow_names()}
     five = {"C2C_LoadCradle2Cane", "C2C_FaceAlign", "C2C_AdaNIFirstPass", "C2C_IdentityEmbed",
             "C2C_IdentitySecondPass"}
     assert any(five <= used and "C2C_PasteFaceBack" not in used for used in uses.values())
@@ -686,7 +717,7 @@ def test_workflows_cover_the_use_cases():
         loads = [n for n in used if n == "LoadImage"]
         assert loads
     for name in _workflow_names():
-        api = json.loads((ROOT / "example_workflows" / "api" / f"{name}.json").read_text())
+        api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
         images = [n["inputs"]["image"] for n in api.values() if n["class_type"] == "LoadImage"]
         assert all((ROOT / "assets" / image).is_file() for image in images), images
 

@@ -1,12 +1,22 @@
-"""Test stand-in for ``comfy.model_management``: CPU only; records what the nodes ask for."""
+"""Test stand-in for ``comfy.model_management``: a CPU-only ComfyUI whose memory manager only records
+which models the nodes ask it to load (the real one runs in tests/test_comfyui_integration.py)."""
 
 from __future__ import annotations
 
+import enum
 import threading
 
 import torch
 
-calls: list[tuple] = []  # (function name, args) in call order, for tests to inspect
+calls: list[tuple] = []  # ("load_models_gpu", [model class names]) in call order, for tests to inspect
+current_loaded_models: list = []  # the real one lists LoadedModel entries; nothing is ever loaded here
+
+
+class VRAMState(enum.Enum):
+    DISABLED, NO_VRAM, LOW_VRAM, NORMAL_VRAM, HIGH_VRAM, SHARED = range(6)
+
+
+vram_state = VRAMState.DISABLED  # as with --cpu
 
 
 class InterruptProcessingException(Exception):
@@ -21,17 +31,20 @@ def get_torch_device() -> torch.device:
     return torch.device("cpu")
 
 
-def unet_offload_device() -> torch.device:
-    return torch.device("cpu")
+unet_offload_device = text_encoder_offload_device = vae_offload_device = get_torch_device
 
 
-def free_memory(memory_required, device, keep_loaded=[]):  # noqa: B006 - ComfyUI's signature
-    calls.append(("free_memory", memory_required, device))
-    return []
+def get_total_memory(dev=None, torch_total_too=False) -> int:
+    return 64 << 30
 
 
-def soft_empty_cache(force: bool = False) -> None:
-    calls.append(("soft_empty_cache",))
+def minimum_inference_memory() -> int:
+    return 1 << 30
+
+
+def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                    force_full_load=False) -> None:
+    calls.append(("load_models_gpu", [type(m.model).__name__ for m in models]))
 
 
 def interrupt_current_processing(value: bool = True) -> None:

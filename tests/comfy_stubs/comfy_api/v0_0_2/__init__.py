@@ -1,4 +1,4 @@
-"""Test stand-in for ``comfy_api.latest``: ``io``, ``ui`` and ``ComfyExtension``."""
+"""Test stand-in for ``comfy_api.v0_0_2``: ``io``, ``ui`` and ``ComfyExtension``."""
 
 from __future__ import annotations
 

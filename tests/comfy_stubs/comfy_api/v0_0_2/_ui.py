@@ -1,4 +1,4 @@
-"""Test stand-in for ``comfy_api.latest._ui``: the one UI output the pack uses."""
+"""Test stand-in for ``comfy_api.v0_0_2._ui``: the one UI output the pack uses."""
 
 from __future__ import annotations
 

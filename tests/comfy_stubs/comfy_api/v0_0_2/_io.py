@@ -1,4 +1,4 @@
-"""Test stand-in for ``comfy_api.latest._io``: the V3 schema classes with ComfyUI's signatures."""
+"""Test stand-in for ``comfy_api.v0_0_2._io``: the V3 schema classes with ComfyUI's signatures."""
 
 from __future__ import annotations
 
