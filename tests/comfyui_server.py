@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from node_names import NODE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
@@ -58,6 +59,12 @@ async def loaded_models(request):
 
 NODE_CLASS_MAPPINGS = {}
 '''
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+PACK_MARKS = ("cradle2cane", "C2C_", *NODE_NAMES.values())  # text that ties a browser message to this pack
 
 
 def skip_unless(condition: bool, reason: str):
@@ -228,7 +235,7 @@ def running_server(base: Path) -> Iterator[Server]:
             cwd=comfy, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = Server(f"http://127.0.0.1:{port}", process, log, base)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded 2-core machine takes minutes to import ComfyUI
         while True:
             assert process.poll() is None, f"ComfyUI exited with {process.returncode}:\n{server.tail()}"
             try:
@@ -236,7 +243,7 @@ def running_server(base: Path) -> Iterator[Server]:
                     break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"ComfyUI did not answer in 120s:\n{server.tail()}"
+            assert time.monotonic() < deadline, f"ComfyUI did not answer in 300s:\n{server.tail()}"
             time.sleep(0.25)
         yield server
     finally:
@@ -246,3 +253,41 @@ def running_server(base: Path) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class Frontend:
+    """One browser page on the server, with everything it logged and every failed request."""
+
+    def __init__(self, page, server, shots: Path) -> None:
+        self.page, self.server, self.shots = page, server, shots
+        self.errors: list[str] = []  # console errors and uncaught exceptions, with their stacks
+        self.failed: list[str] = []  # "status url" of every response >= 400
+        page.on("console", lambda m: self.errors.append(f"{m.text} @ {m.location.get('url')}")
+                if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"{e} {e.stack}"))
+        page.on("response", lambda r: self.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.route(lambda url: not url.startswith(server.url), self._offline)
+
+    @staticmethod
+    def _offline(route) -> None:
+        if "api.comfy.org/releases" in route.request.url:
+            route.fulfill(status=200, content_type="application/json", body="[]")
+        else:
+            route.abort()
+
+    def open(self) -> None:
+        self.server.request("/api/settings/Comfy.TutorialCompleted", True)
+        self.page.goto(self.server.url)
+        self.page.wait_for_function("window.app && window.app.graph && window.app.extensionManager", timeout=180_000)
+
+    def ours(self) -> list[str]:
+        """Errors and failed requests that mention this pack."""
+        return [m for m in self.errors + self.failed if any(mark in m for mark in PACK_MARKS)]
+
+    def load(self, graph: dict) -> None:
+        """As a user dropping the file on the canvas, without the missing-nodes/models dialogs."""
+        self.page.evaluate("graph => app.loadGraphData(graph, true, true, null, "
+                           "{showMissingNodesDialog: false, showMissingModelsDialog: false})", graph)
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"))

@@ -26,7 +26,7 @@ from node_names import NODE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
-STUB_MODULES = ("comfy_api", "comfy", "folder_paths", "frontend")
+STUB_MODULES = ("comfy_api", "comfy", "folder_paths")
 PACK = "c2c_comfy_pack"  # ComfyUI names it after the folder; any name works
 
 SIZE = 128  # the tiny model's resolution
@@ -163,8 +163,6 @@ def test_schema_has_descriptions_tooltips_and_known_types(comfy, node_id):
             assert item.options and (item.default is None or item.default in item.options), (node_id, item.id)
     for item in schema.outputs:
         assert item.display_name and item.tooltip and item.io_type in known, (node_id, item.id)
-    info = comfy.nodes[node_id].GET_NODE_INFO_V1()
-    assert info["input_order"]["required"], node_id
 
 
 def test_handles_are_distinct_custom_types(comfy):
@@ -682,15 +680,10 @@ def test_every_ui_workflow_has_an_api_twin():
 
 
 @pytest.mark.parametrize("name", _workflow_names())
-def test_api_twin_is_what_the_frontend_queues_for_the_ui_graph(comfy, name):
-    from frontend import CORE_NODE_INFO, ui_to_api
-
-    info = {**CORE_NODE_INFO, **{i: cls.GET_NODE_INFO_V1() for i, cls in comfy.nodes.items()}}
+def test_ui_workflow_links_are_consistent(name):
+    """Every link is recorded at both ends. (That the API twin is what the frontend queues for the
+    graph is checked by the frontend itself, in tests/test_comfyui_browser.py.)"""
     graph = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
-    api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
-    assert ui_to_api(graph, info) == api, (
-        f"workflows/api/{name}.json is out of date: export the graph again in ComfyUI "
-        "(Workflow > Export (API)) or regenerate it with tests/comfy_stubs/frontend.py's ui_to_api")
     links = {link[0]: link for link in graph["links"]}
     for node in graph["nodes"]:
         for slot, entry in enumerate(node.get("inputs", [])):
@@ -702,6 +695,7 @@ def test_api_twin_is_what_the_frontend_queues_for_the_ui_graph(comfy, name):
                 assert links[link_id][1] == node["id"] and links[link_id][2] == slot
     assert graph["last_node_id"] == max(n["id"] for n in graph["nodes"])
     assert graph["last_link_id"] == max(links, default=0)
+    assert (ROOT / "workflows" / f"{name}.jpg").is_file()  # the template browser's thumbnail
 
 
 def test_workflows_cover_the_use_cases():

@@ -9,15 +9,13 @@ import os
 
 supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 folder_names_and_paths: dict[str, tuple[list[str], set[str]]] = {}
-base_path = models_dir = input_directory = output_directory = ""
+base_path = models_dir = ""
 
 
 def use_base_directory(path: str) -> None:
-    global base_path, models_dir, input_directory, output_directory
+    global base_path, models_dir
     base_path = os.path.abspath(path)
     models_dir = os.path.join(base_path, "models")
-    input_directory = os.path.join(base_path, "input")
-    output_directory = os.path.join(base_path, "output")
     folder_names_and_paths.clear()
     folder_names_and_paths["checkpoints"] = ([os.path.join(models_dir, "checkpoints")], supported_pt_extensions)
     folder_names_and_paths["diffusers"] = ([os.path.join(models_dir, "diffusers")], {"folder"})
@@ -72,11 +70,3 @@ def get_full_path(folder_name: str, filename: str) -> str | None:
         if os.path.isfile(path):
             return path
     return None
-
-
-def get_input_directory() -> str:
-    return input_directory
-
-
-def get_output_directory() -> str:
-    return output_directory
