@@ -103,7 +103,8 @@ class IdentityEmbed(io.ComfyNode):
         aging = expect(aging, AgingHandle, IDENTITY, "aging")
         conditioning = handle.ready().identity_embeddings(
             to_core(source, IDENTITY, "source"), aging.first, aged=to_core(aged, IDENTITY, "aged"),
-            use_swr=pick(SVR, svr, IDENTITY, "svr"), clip_method=None if clip_rotation == MODEL_DEFAULT else clip_rotation,
+            use_swr=pick(SVR, svr, IDENTITY, "svr"),
+            clip_method=None if clip_rotation == MODEL_DEFAULT else clip_rotation,
             swr_alpha=optional_value(swr_alpha, -1.0), swr_beta=optional_value(swr_beta, -1.0))
         return io.NodeOutput(IdentityHandle(conditioning.detach().cpu(), aging.first))
 

@@ -87,7 +87,8 @@ def face_detector(pack: str, det_size: int, det_thresh: float):
 
 
 def detect_and_align(images: torch.Tensor, detector: str, face: str, face_index: int, det_size: int,
-                     det_thresh: float, size: int, node: str, no_face: str) -> tuple[list[np.ndarray], FacesHandle, str]:
+                     det_thresh: float, size: int, node: str,
+                     no_face: str) -> tuple[list[np.ndarray], FacesHandle, str]:
     """Aligned crops (HxWx3 float), the handle describing them and the report, photo by photo.
 
     With ``no_face="skip"`` a photo without a usable face gives no crop and is listed in the handle's

@@ -33,6 +33,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import torch
 
+from ..cradle2cane.method.lora import tuner_layers
 from ..cradle2cane.runtime.offload import ModelOffload
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ class GroupPatcher(comfy.model_patcher.ModelPatcher):
         return 0
 
 
+def _bytes(tensor: torch.Tensor) -> int:
+    return tensor.nelement() * tensor.element_size()
+
+
 def _in_use(patcher: GroupPatcher) -> bool:
     """Loaded by ComfyUI now (listed, and its weights on the load device)."""
     return patcher.loaded_size() > 0 and any(entry.model is patcher for entry in mm.current_loaded_models)
@@ -100,6 +105,12 @@ class ComfyGroups(ModelOffload):
             self.patchers[name] = GroupPatcher(container, load_device=load_device,
                                                offload_device=torch.device(OFFLOAD_DEVICE[name]()))
         super().__init__(groups, load_device, offload_device="cpu")  # where the loader built them
+        # Working memory beyond the weights that ComfyUI should keep free: pass 2 folds the LoRA into a
+        # copy of the attention weights (Cradle2Cane._identity_lora), except with VAE slicing (low-vram).
+        self.working = {name: 0 for name in groups}
+        if memory != LOW_VRAM:
+            unet = groups["unet"][0]
+            self.working["unet"] = sum(_bytes(layer.get_base_layer().weight) for layer in tuner_layers(unet))
         self.one_at_a_time = memory != DEFAULT or mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM) \
             or not self._fits(load_device)
         for patcher in self.patchers.values():  # ComfyUI's parking places (only --gpu-only/--highvram differ)
@@ -121,7 +132,7 @@ class ComfyGroups(ModelOffload):
             return
         if self.one_at_a_time:
             unload([p for n, p in self.patchers.items() if n != name])
-        mm.load_models_gpu([patcher], force_full_load=True)
+        mm.load_models_gpu([patcher], memory_required=self.working[name], force_full_load=True)
         self.resident = name
         self.loads[name] += 1
         self.history.append(name)
@@ -130,7 +141,8 @@ class ComfyGroups(ModelOffload):
         """Before a node runs: every group at once (ComfyUI makes room for all of them in one go)
         unless loading one group at a time."""
         if not self.one_at_a_time:
-            mm.load_models_gpu(list(self.patchers.values()), force_full_load=True)
+            mm.load_models_gpu(list(self.patchers.values()), memory_required=max(self.working.values()),
+                               force_full_load=True)
 
     def offload_all(self) -> None:
         unload(self.patchers.values())

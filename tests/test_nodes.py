@@ -260,7 +260,8 @@ def test_file_choices_outside_the_model_folders_are_refused_alike(comfy):
             assert str(error.value) == refused
     assert len(messages) == len(crafted), messages  # one text per input: nothing tells existing paths from missing ones
     assert not any(str(comfy.base) in m for m in messages)
-    assert loader.validate_inputs(cradle2cane="Cradle2Cane", base="checkpoints/sd_xl_turbo_1.0_fp16.safetensors") is True
+    single = "checkpoints/sd_xl_turbo_1.0_fp16.safetensors"
+    assert loader.validate_inputs(cradle2cane="Cradle2Cane", base=single) is True
     assert loader.validate_inputs() is True and align.validate_inputs() is True  # linked inputs: checked when run
 
 
@@ -283,20 +284,42 @@ def test_loader_hands_four_groups_to_comfyui(comfy, model):
                         for t in m.state_dict().values())  # every weight in exactly one group
 
 
-@pytest.mark.parametrize("memory", ["default", "model offload"])
+@pytest.mark.parametrize("memory", ["default", "model offload", "low-vram"])
 def test_a_node_run_asks_comfyui_for_the_groups_it_needs(comfy, aligned, memory):
+    from cradle2cane.method.lora import tuner_layers
+
     crops, _ = aligned
     (handle,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", precision="fp32", device="cpu",
                     memory=memory)
     comfy.mm.calls.clear()
     run(comfy, "C2C_AdaNIFirstPass", model=handle, image=crops[:1], target_ages="70", source_age=30, gender="male")
-    asked = [names for kind, names in comfy.mm.calls if kind == "load_models_gpu"]
+    asked = [(names, room) for kind, names, room in comfy.mm.calls if kind == "load_models_gpu"]
     every = [f"Cradle2Cane_{n}" for n in ("text_encoders", "unet", "vae", "identity")]
+    # pass 2 folds the LoRA into a copy of the attention weights: ComfyUI keeps that much free
+    folded = sum(layer.get_base_layer().weight.nelement() * layer.get_base_layer().weight.element_size()
+                 for layer in tuner_layers(handle.model.pipe.unet))
     if memory == "default":  # all groups together first, so ComfyUI makes room for them in one go
-        assert asked[0] == every
+        assert asked[0] == (every, folded) and folded > 0
     else:  # one group at a time, when it runs; never several at once
-        assert asked[0] == ["Cradle2Cane_vae"] and all(len(names) == 1 for names in asked)
-    assert {name for names in asked for name in names} >= set(every) - {"Cradle2Cane_identity"}
+        assert [names for names, _ in asked][:1] == [["Cradle2Cane_vae"]] and all(len(n) == 1 for n, _ in asked)
+        unet = {room for names, room in asked if names == ["Cradle2Cane_unet"]}
+        assert unet == {folded if memory == "model offload" else 0}  # low-vram does not fold
+    assert {name for names, _ in asked for name in names} >= set(every) - {"Cradle2Cane_identity"}
+
+
+@pytest.mark.parametrize("state, gigabytes, memory, one_at_a_time", [
+    ("NORMAL_VRAM", 24, "default", False), ("HIGH_VRAM", 24, "default", False),
+    ("LOW_VRAM", 24, "default", True), ("NO_VRAM", 24, "default", True),  # --lowvram, --novram
+    ("NORMAL_VRAM", 0.001, "default", True),  # the groups do not fit at once
+    ("HIGH_VRAM", 24, "model offload", True), ("NORMAL_VRAM", 24, "low-vram", True)])
+def test_comfyuis_vram_state_and_the_memory_setting_decide_how_many_groups_share_the_device(
+        comfy, monkeypatch, state, gigabytes, memory, one_at_a_time):
+    monkeypatch.setattr(comfy.mm, "vram_state", comfy.mm.VRAMState[state])
+    monkeypatch.setattr(comfy.mm, "get_total_memory", lambda dev=None, torch_total_too=False: gigabytes * 2**30)
+    (handle,) = run(comfy, "C2C_LoadCradle2Cane", cradle2cane="Cradle2Cane", precision="fp32", device="cpu",
+                    memory=memory)
+    assert handle.groups.one_at_a_time is one_at_a_time
+    assert handle.model.pipe.vae.use_slicing is (memory == "low-vram")
 
 
 def test_single_file_base_from_checkpoints_loads(comfy, model):

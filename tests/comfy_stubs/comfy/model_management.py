@@ -8,7 +8,7 @@ import threading
 
 import torch
 
-calls: list[tuple] = []  # ("load_models_gpu", [model class names]) in call order, for tests to inspect
+calls: list[tuple] = []  # ("load_models_gpu", [model class names], memory_required) in call order
 current_loaded_models: list = []  # the real one lists LoadedModel entries; nothing is ever loaded here
 
 
@@ -44,7 +44,7 @@ def minimum_inference_memory() -> int:
 
 def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
                     force_full_load=False) -> None:
-    calls.append(("load_models_gpu", [type(m.model).__name__ for m in models]))
+    calls.append(("load_models_gpu", [type(m.model).__name__ for m in models], memory_required))
 
 
 def interrupt_current_processing(value: bool = True) -> None:
