@@ -766,3 +766,16 @@ def test_registry_metadata():
     icon = comfy["Icon"]
     assert icon.startswith("https://") and (ROOT / "assets" / icon.rsplit("/", 1)[-1]).is_file()
     assert project["project"]["urls"]["Repository"].startswith("https://")
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    """.ci/run installs and tests exactly as the README tells users to."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    for section in ("Install", "Run the tests"):
+        body = readme.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+        (block,) = re.findall(r"```sh\n(.*?)```", body, re.S)[:1]
+        for line in filter(None, block.splitlines()):
+            assert line in ci, f"README '{section}' runs {line!r}; .ci/run does not"
