@@ -117,12 +117,12 @@ class ComfyGroups(ModelOffload):
             patcher.model.to(patcher.offload_device)
 
     def _fits(self, device: torch.device) -> bool:
-        total = sum(p.model_size() for p in self.patchers.values())
+        total = sum(p.model_size() for p in self.patchers.values()) + max(self.working.values())
         room = mm.get_total_memory(device) - mm.minimum_inference_memory()
         if total <= room:
             return True
-        logger.info("Cradle2Cane: its %.1f GB of weights do not fit in %s next to the working memory ComfyUI "
-                    "keeps free (%.1f GB): loading one group at a time", total / 1e9, device, room / 1e9)
+        logger.info("Cradle2Cane: its %.1f GB of weights and working memory do not fit in the %.1f GB %s "
+                    "leaves: loading one group at a time", total / 1e9, room / 1e9, device)
         return False
 
     def load(self, name: str) -> None:
