@@ -276,9 +276,16 @@ class Frontend:
             route.abort()
 
     def open(self) -> None:
+        self.page.set_default_timeout(120_000)  # a shared 2-core machine renders slowly
         self.server.request("/api/settings/Comfy.TutorialCompleted", True)
         self.page.goto(self.server.url)
         self.page.wait_for_function("window.app && window.app.graph && window.app.extensionManager", timeout=180_000)
+
+    def reset(self) -> None:
+        """Close whatever a previous step left open (search box, dialog, menu) and empty the graph."""
+        for _ in range(3):
+            self.page.keyboard.press("Escape")
+        self.page.evaluate("() => app.graph.clear()")
 
     def ours(self) -> list[str]:
         """Errors and failed requests that mention this pack."""

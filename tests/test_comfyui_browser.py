@@ -58,13 +58,13 @@ def test_the_page_loads_without_errors_from_the_pack(frontend):
 @pytest.mark.parametrize("node_id", list(NODE_NAMES))
 def test_the_node_search_finds_each_node_by_its_name(frontend, node_id):
     page, name = frontend.page, NODE_NAMES[node_id]
-    page.evaluate("() => app.graph.clear()")
+    frontend.reset()
     page.mouse.dblclick(800, 500)  # empty canvas: the node search box
     page.get_by_role("combobox").first.wait_for()
     page.keyboard.type(name)
-    first = page.locator("ul[role=listbox][id$=_list] > li[role=option]").first  # the best match, added by Enter
-    expect(first).to_contain_text(name)
-    page.keyboard.press("Enter")
+    best = page.locator("ul[role=listbox][id$=_list] > li[role=option]").first
+    expect(best).to_contain_text(name, timeout=60_000)
+    best.click()
     page.wait_for_function("() => app.graph._nodes.length === 1")
     frontend.shot(f"search_{node_id}")
     assert page.evaluate("() => app.graph._nodes.map(n => n.type)") == [node_id]
@@ -74,7 +74,7 @@ def test_the_node_search_finds_each_node_by_its_name(frontend, node_id):
 def test_the_template_browser_lists_and_opens_each_workflow(frontend, name):
     """Main menu > Browse Templates > cradle2cane: a card with its thumbnail, which opens the graph."""
     page = frontend.page
-    page.evaluate("() => app.graph.clear()")
+    frontend.reset()
     page.locator(".comfyui-logo-wrapper").first.click()
     page.get_by_text("Browse Templates").first.click()
     page.get_by_role("option", name="cradle2cane").click()
@@ -92,6 +92,7 @@ def test_the_template_browser_lists_and_opens_each_workflow(frontend, name):
 
 def _loaded(frontend, name: str) -> dict:
     """Load a workflow as a user would drop it on the canvas; the graph as the frontend saves it."""
+    frontend.reset()
     frontend.load(ui_workflow(name))
     return frontend.page.evaluate("() => app.graph.serialize()")
 
