@@ -48,7 +48,7 @@ def Custom(io_type: str) -> type[ComfyTypeIO]:
     return _comfytype(io_type)
 
 
-Image, Int, Float, String = (_comfytype(t) for t in ("IMAGE", "INT", "FLOAT", "STRING"))
+Image, Int, Float, String, Boolean = (_comfytype(t) for t in ("IMAGE", "INT", "FLOAT", "STRING", "BOOLEAN"))
 
 
 class _ComboInput(Input):
