@@ -16,8 +16,10 @@ from .faces.align import AlignedFace, align_faces
 from .faces.paste import paste_back_many
 from .faces.detect import DetectedFace, FaceDetector, NoFaceError, Which
 from .faces.packs import find_insightface_pack
+from .method.adani import check_strength
 from .method.prompts import MAX_AGE, MIN_AGE, check_age, check_gender
 from .method.sampler import StepCallback
+from .method.seeds import check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +88,21 @@ def age_photo(model, photo: np.ndarray, target_ages: int | Sequence[int], *, det
 
     targets = [check_age(t, "target age") for t in (target_ages if isinstance(target_ages, (list, tuple))
                                                       else [target_ages])]
+    # Every argument is checked before the detector loads or any work starts.
+    if on_no_face not in NO_FACE_MODES:
+        raise ValueError(f"on_no_face must be one of {NO_FACE_MODES}, got {on_no_face!r}")
+    check_seed(seed)
+    for value, what in ((strength, "strength"), (id_strength, "id_strength")):
+        if value is not None:
+            check_strength(value, model.settings.infer_step, what)
+    if source_age is not None:
+        check_age(source_age, "source age")
+    if gender is not None:
+        check_gender(gender)
     if detector is None and detected is None:
         if models_dir is None:
             raise ValueError("age_photo needs a detector or the models folder holding insightface/models/<pack>")
         detector = FaceDetector(find_insightface_pack(models_dir), det_size=det_size, det_thresh=det_thresh)
-    if on_no_face not in NO_FACE_MODES:
-        raise ValueError(f"on_no_face must be one of {NO_FACE_MODES}, got {on_no_face!r}")
     try:
         if detected is None:
             detected = detector.find(photo, face, image_name=image_name)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 
-from ..cradle2cane.method.prompts import MAX_AGE, MIN_AGE, check_age
+from ..cradle2cane.method import prompts
 
 
 def to_core(images: torch.Tensor, node: str, input_name: str) -> torch.Tensor:
@@ -36,39 +34,14 @@ def from_numpy(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)[..., :3]).clamp(0, 1).contiguous()
 
 
-_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)(?:\s*:\s*(\d+))?$")
-
-
 def parse_ages(text: str, node: str, input_name: str = "target_ages") -> list[int]:
     """``"70"``, ``"20, 40, 60"`` or a range ``"10-80:10"`` (start-end:step, end included)."""
-    ages: list[int] = []
-    compact = re.sub(r"\s*([-:])\s*", r"\1", str(text).strip())
-    for part in filter(None, re.split(r"[,;\s]+", compact)):
-        match = _RANGE.match(part)
-        try:
-            if match:
-                start, end, step = int(match[1]), int(match[2]), int(match[3] or 1)
-                ages.extend(sweep_ages(start, end, step, node))
-            else:
-                ages.append(check_age(float(part) if "." in part else int(part), f"{node}: {input_name}"))
-        except ValueError as exc:
-            if str(exc).startswith(node):
-                raise
-            raise ValueError(f"{node}: {input_name} {part!r} is not an age: write whole years between {MIN_AGE} "
-                             f"and {MAX_AGE}, e.g. '70', '20, 40, 60' or '10-80:10'") from exc
-    if not ages:
-        raise ValueError(f"{node}: {input_name} is empty: give one age (e.g. '70') or several ('20, 40, 60')")
-    return ages
+    return prompts.parse_ages(text, f"{node}: {input_name}")
 
 
 def sweep_ages(start: int, end: int, step: int, node: str) -> list[int]:
     """start, start+step, ... up to and including ``end``; descending when end < start."""
-    for value, name in ((start, "start age"), (end, "end age")):
-        check_age(value, f"{node}: {name}")
-    if step < 1:
-        raise ValueError(f"{node}: the age step must be at least 1, got {step}")
-    direction = 1 if end >= start else -1
-    return list(range(start, end + direction, step * direction))
+    return prompts.age_range(start, end, step, node)
 
 
 def optional_value(value: float, sentinel: float = 0.0) -> float | None:

@@ -57,7 +57,6 @@ def test_several_ages_write_a_folder(tiny_models, astronaut_face, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--target-age", "130", "--source-age", "30", "--gender", "male"], "--target-age must be between 0 and 100"),
-    (["--target-age", "30", "--source-age", "-2", "--gender", "male"], "--source-age must be between"),
     (["--target-age", "30", "--source-age", "30", "--gender", "robot"], "--gender must be 'male' or 'female'"),
     (["--target-age", "30"], "--aligned needs --source-age and --gender"),
 ])

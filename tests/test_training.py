@@ -18,10 +18,10 @@ import torch
 import yaml
 from PIL import Image
 
-from training import losses as L
-from training.__main__ import main as training_main
-from training.config import ConfigError, build_config, default_values
-from training.data import DatasetError, FaceDataset, Sample, prepare_ffhq, prepare_folder, read_manifest
+from cradle2cane.training import losses as L
+from cradle2cane.training.__main__ import main as training_main
+from cradle2cane.training.config import ConfigError, build_config, default_values
+from cradle2cane.training.data import DatasetError, FaceDataset, Sample, prepare_ffhq, prepare_folder, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 128
@@ -47,8 +47,8 @@ def _write_faces(folder: Path, count: int = len(LABELS), seed: int = 0) -> list[
 @pytest.fixture(scope="module")
 def extras(tmp_path_factory):
     """Random stand-ins for the LPIPS and age-regressor weights (not in the shared tiny set)."""
-    from training.age_model import write_tiny_age_regressor
-    from training.lpips import write_random_lpips
+    from cradle2cane.training.age_model import write_tiny_age_regressor
+    from cradle2cane.training.lpips import write_random_lpips
 
     folder = tmp_path_factory.mktemp("extras")
     lpips, alexnet = write_random_lpips(folder / "lpips")
@@ -79,10 +79,11 @@ def _log(output: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def trained(tiny_models, manifest, extras, tmp_path_factory):
-    """`python -m training train` for 2 optimiser steps, in a subprocess exactly as a user runs it."""
+    """`python -m cradle2cane.training train` for 2 optimiser steps, in a subprocess exactly as a user runs it."""
     output = tmp_path_factory.mktemp("run") / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "training", *_train_args(tiny_models, manifest, extras, output, 2)],
+    proc = subprocess.run([sys.executable, "-m", "cradle2cane.training",
+                           *_train_args(tiny_models, manifest, extras, output, 2)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained 2 steps" in proc.stdout
@@ -298,7 +299,7 @@ def test_missing_loss_weights_name_the_file(tiny_models, manifest, tmp_path, cap
 
 
 def test_ms_ssim_and_lpips_behave(tmp_path):
-    from training.lpips import load_lpips, write_random_lpips
+    from cradle2cane.training.lpips import load_lpips, write_random_lpips
 
     assert L.ms_ssim_levels(512) == 5 and L.ms_ssim_levels(128) == 4
     g = torch.Generator().manual_seed(0)
@@ -338,7 +339,7 @@ def test_gan_losses_train_only_their_side():
 
 
 def test_age_shift_sampling_and_strength():
-    from training.batch import batch_plan, sample_shift
+    from cradle2cane.training.batch import batch_plan, sample_shift
 
     cfg = build_config()
     rng = random.Random(0)

@@ -1,6 +1,7 @@
-"""Training for Cradle2Cane (METHOD.md section 5): data preparation, losses, the accelerate loop.
+"""Training for Cradle2Cane (docs/training.md): data preparation, losses, the accelerate loop.
 
-Run it as ``python -m training ...`` (see docs/training.md). Importing the package is cheap.
+Installed as ``cradle2cane.training``; run it as ``cradle2cane train ...`` or ``python -m
+cradle2cane.training ...``. Importing the package is cheap.
 """
 
 __all__ = ["build_config", "train"]
@@ -15,4 +16,4 @@ def __getattr__(name: str):
         from .trainer import train
 
         return train
-    raise AttributeError(f"module 'training' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,6 @@
-"""``python -m training``: prepare data, train (alone or under ``accelerate launch``), show the config.
+"""``cradle2cane train`` / ``python -m cradle2cane.training``: prepare data, train (alone or under
+``accelerate launch``), show the config. Without a sub-command it trains (``cradle2cane train --models
+...`` is ``cradle2cane train train --models ...``).
 
 Every failure on bad input ends with exit status 1 and one readable line on stderr (the traceback
 only with ``--debug``).
@@ -12,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-logger = logging.getLogger("training")
+logger = logging.getLogger(__name__)
+
+PROG = "cradle2cane train"
 
 # Command-line flags that are shortcuts for configuration keys.
 FLAG_KEYS = {
@@ -30,7 +34,7 @@ FLAG_KEYS = {
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
-                        help="YAML file with the keys to change (all keys: training/defaults.yaml)")
+                        help="YAML file with the keys to change (all keys and their defaults: `config` prints them)")
     parser.add_argument("--set", dest="set_args", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set learning_rate=5e-5 (repeatable; values are YAML)")
     parser.add_argument("--models", default=None, help="models folder (models_dir)")
@@ -95,12 +99,13 @@ def _cmd_tiny_extras(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description="Train Cradle2Cane (METHOD.md section 5)")
+    parser = argparse.ArgumentParser(prog=PROG, description="Train Cradle2Cane's identity LoRA and projectors "
+                                     "(docs/training.md). Without a sub-command: train.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train the LoRA and the two projectors (use `accelerate launch -m training "
-                                         "train ...` for several GPUs)")
+    train = sub.add_parser("train", help="train the LoRA and the two projectors (the default; use `accelerate launch "
+                                         "-m cradle2cane.training train ...` for several GPUs)")
     _add_config_arguments(train)
     train.set_defaults(func=_cmd_train)
 
@@ -134,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train", "config", "prepare", "tiny-extras", "-h", "--help"}
+    first = next((a for a in argv if a != "--debug"), None)
+    if first not in commands:  # no sub-command: train
+        argv.insert(argv.index(first) if first is not None else len(argv), "train")
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,

@@ -32,6 +32,8 @@ MIN_DET_SIZE: int = 160
 TILE_OVERLAP: float = 0.25
 """Overlap of neighbouring tiles, as a fraction of the tile side: faces up to this size (in detector
 pixels) always lie whole inside one tile; larger ones are found on the whole photo."""
+MAX_DET_SIZE: int = 2048
+"""The largest detector input accepted (the detector's buffers grow with its square)."""
 
 Which = Union[Literal["largest", "all"], int]
 
@@ -118,8 +120,8 @@ class FaceDetector:
         min_face_size: float = MIN_FACE_SIZE,
     ) -> None:
         det_size = int(det_size)
-        if det_size < MIN_DET_SIZE or det_size % 32:
-            raise ValueError(f"det_size must be a multiple of 32 and at least {MIN_DET_SIZE}, got {det_size}")
+        if not MIN_DET_SIZE <= det_size <= MAX_DET_SIZE or det_size % 32:
+            raise ValueError(f"det_size must be a multiple of 32 in {MIN_DET_SIZE}..{MAX_DET_SIZE}, got {det_size}")
         if not 0.0 < float(det_thresh) < 1.0:
             raise ValueError(f"det_thresh must be between 0 and 1, got {det_thresh}")
         if min_face_size < 0:
@@ -310,9 +312,10 @@ def select_faces(
             settings.append(f"det_size={det_size}")
         used = f" with {', '.join(settings)}" if settings else ""
         raise NoFaceError(
-            f"no face found in {where}{used}. Try a lower det_thresh (e.g. 0.3), another det_size "
-            f"(e.g. 1024 for small faces in a big photo, 320 for a close-up), or, if the image is "
-            f"already an aligned face crop, skip detection (--aligned on the command line)",
+            f"no face found in {where}{used}. Try a lower det_thresh (e.g. 0.3), a larger det_size "
+            f"(e.g. 1024 for small faces in a big photo; smaller sizes were already tried), or, if the "
+            f"image is already an aligned face crop, skip detection (--aligned with --source-age and "
+            f"--gender on the command line)",
             image_name=image_name,
             index=index,
         )

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 
 def current_umask() -> int:
@@ -35,6 +35,38 @@ def refuse_existing(path: Path, overwrite: bool, option: str = "--overwrite") ->
         raise FileExistsError(f"{path} already exists; choose another name, or pass {option} to replace it")
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one existing file, however spelled (relative, ``..``, symlinks, hard
+    links, case on case-insensitive systems)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path: str | os.PathLike[str], *, overwrite: bool = False, inputs: Iterable[str | os.PathLike[str]] = (),
+                 option: str = "--out") -> Path:
+    """Refuse, before any work is done, an output that is one of ``inputs``, that exists (unless
+    ``overwrite``), that is a folder, or whose folder cannot be created or written. ``option`` is
+    the flag that named the output, for the messages."""
+    path = Path(path)
+    for source in inputs:
+        if same_file(path, source):
+            raise FileExistsError(f"{option} {path} is the input file {source}: write the result to another name "
+                                  f"(the input is never replaced, even with --overwrite)")
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder; give a file name")
+    refuse_existing(path, overwrite)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {path}: no permission to write in {folder}")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, directory: bool = False, overwrite: bool = True,
                 option: str = "--overwrite") -> Iterator[Path]:
@@ -48,13 +80,14 @@ def atomic_path(path: str | os.PathLike[str], *, directory: bool = False, overwr
     path = Path(path)
     refuse_existing(path, overwrite, option)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
+    tmp: Path | None = None
+    try:  # the temporary is made inside the try, so an interrupt right after creating it removes it
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+            tmp = Path(name)
+            os.close(fd)
         yield tmp
         umask = current_umask()
         if directory:
@@ -68,12 +101,26 @@ def atomic_path(path: str | os.PathLike[str], *, directory: bool = False, overwr
             if overwrite:
                 os.replace(tmp, path)
             else:
-                os.link(tmp, path)  # fails if path appeared meanwhile: nothing is clobbered
+                _link_new(tmp, path, option)
     finally:
-        if directory:
+        if tmp is None:
+            pass
+        elif directory:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def _link_new(tmp: Path, path: Path, option: str) -> None:
+    """Give ``tmp`` the name ``path`` only if that name is still free."""
+    try:
+        os.link(tmp, path)  # fails if path appeared meanwhile: nothing is clobbered
+    except FileExistsError:
+        refuse_existing(path, False, option)
+        raise
+    except OSError:  # no hard links on this file system (some network and FAT volumes)
+        refuse_existing(path, False, option)
+        os.replace(tmp, path)
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *, overwrite: bool = True,

@@ -4,12 +4,13 @@ and the conversions between numpy photos and torch batches. torch is imported on
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .atomic import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -17,8 +18,19 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+"""The only formats opened (Pillow knows many more, some handled by outside programs)."""
+READ_FORMAT_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 """Extensions taken as images when a folder is scanned."""
+MAX_PIXELS = 100_000_000
+"""The largest photo opened (100 MP): Pillow's own guard stops only at twice its warning size."""
+
+WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
+"""Extension -> the format of still images written."""
+ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
+"""Formats that keep a transparency channel."""
 
 
 class ImageFileError(ValueError):
@@ -66,17 +78,26 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
 def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a photo as HxWx3 uint8 RGB plus its alpha (HxW uint8) or ``None``.
 
-    The EXIF orientation is applied (phones store portraits sideways), grey,
-    palette, CMYK and 16-bit files become 8-bit RGB, and alpha is returned
-    separately so it can be re-attached after editing.
+    Only the formats in ``READ_FORMATS`` are opened, and only up to ``MAX_PIXELS`` pixels (checked
+    from the header, before decoding). The EXIF orientation is applied (phones store portraits
+    sideways), grey, palette, CMYK and 16-bit files become 8-bit RGB, and alpha is returned
+    separately so it can be re-attached after editing. Of an animation or a multi-page file the
+    first frame is used, with a warning saying so.
     """
     from PIL import Image, ImageOps
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+    path = check_image_file(path)
     try:
-        with Image.open(path) as opened:
+        with Image.open(path, formats=READ_FORMATS) as opened:
+            width, height = opened.size
+            if width * height > MAX_PIXELS:
+                raise ImageFileError(
+                    f"{path} is {width}x{height} = {width * height / 1e6:.0f} megapixels, more than the "
+                    f"{MAX_PIXELS / 1e6:.0f} MP this tool opens (a guard against decompression bombs): "
+                    f"downscale it first")
+            frames = getattr(opened, "n_frames", 1)
+            if frames > 1:
+                logger.warning("%s has %d frames; using the first", path, frames)
             opened.load()
             try:
                 image = ImageOps.exif_transpose(opened)
@@ -86,10 +107,31 @@ def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             if image is None:  # pragma: no cover - older Pillow with in_place semantics
                 image = opened
             return _pil_to_rgb_alpha(image)
+    except ImageFileError:
+        raise
+    except Image.UnidentifiedImageError as error:
+        raise ImageFileError(f"cannot read image {path}: not a {READ_FORMAT_NAMES} file, or a damaged one") \
+            from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageFileError(
-            f"cannot read image {path}: {error} (is it a complete PNG/JPEG/WebP/TIFF file?)"
-        ) from error
+        raise ImageFileError(f"cannot read image {path}: {error} (is it a complete {READ_FORMAT_NAMES} file?)") \
+            from error
+
+
+def check_image_file(path: str | Path) -> Path:
+    """``path`` if it names a regular file; otherwise an error that says what it is instead."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except OSError as error:
+        raise ImageFileError(f"cannot read image {path}: {error.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise ImageFileError(f"{path} is a folder, not an image file: give one image")
+    if not stat.S_ISREG(mode):
+        kind = "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise ImageFileError(f"{path} is {kind}, not an image file: save the image to a file and give that")
+    return path
 
 
 def _pil_to_rgb_alpha(image: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -129,22 +171,59 @@ def to_uint8(image: "torch.Tensor") -> np.ndarray:
     return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def save_image_atomic(image: np.ndarray, path: str | Path) -> Path:
-    """Write an image through a temporary file in the same folder, renamed at the end, so a
-    failure never leaves a half-written file behind. The format follows the extension."""
+def output_format(path: str | Path, alpha: bool = False, option: str = "--out",
+                  formats: dict[str, str] = WRITE_FORMATS) -> str:
+    """The Pillow format for writing ``path``, or an error naming ``option`` when the extension is
+    not one of ``formats`` or cannot hold an image with ``alpha``."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in formats:
+        known = ", ".join(dict.fromkeys(formats))
+        raise ImageFileError(f"{option} {path}: {'unknown image extension ' + repr(suffix) if suffix else 'no extension'}"
+                             f"; end it with one of {known}")
+    fmt = formats[suffix]
+    if alpha and fmt not in ALPHA_FORMATS:
+        raise ImageFileError(f"{option} {path}: the photo has transparency, which {suffix} cannot store; "
+                             f"use .png, .webp or .tif")
+    return fmt
+
+
+_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+
+
+def save_image_atomic(image: np.ndarray, path: str | Path, *, overwrite: bool = True,
+                      option: str = "--out") -> Path:
+    """Write an HxWx3 (or HxWx4 with alpha) uint8 image in the format its extension names, through
+    the atomic writer: a failure or a kill never leaves a half-written file, and with ``overwrite``
+    off an existing file is refused. ``option``: the flag that named ``path``, for the messages."""
     from PIL import Image
 
-    path = Path(path)
-    suffix = path.suffix.lower() or ".png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    fmt = output_format(path, image.ndim == 3 and image.shape[2] == 4, option)
+    return _write(path, lambda tmp: Image.fromarray(image).save(tmp, format=fmt, **_SAVE_OPTIONS.get(fmt, {})),
+                  overwrite)
+
+
+ANIMATION_FORMATS = {".gif": "GIF", ".webp": "WEBP"}
+
+
+def save_animation_atomic(frames: list[np.ndarray], path: str | Path, *, seconds_per_frame: float = 0.5,
+                          overwrite: bool = True, option: str = "--out") -> Path:
+    """An animated GIF or WebP (by extension) that loops forever, written like ``save_image_atomic``."""
+    from PIL import Image
+
+    fmt = output_format(path, False, option, ANIMATION_FORMATS)
+    images = [Image.fromarray(np.ascontiguousarray(f[..., :3])) for f in frames]
+
+    def write(tmp: Path) -> None:
+        images[0].save(tmp, format=fmt, save_all=True, append_images=images[1:], loop=0,
+                       duration=int(round(seconds_per_frame * 1000)), **_SAVE_OPTIONS.get(fmt, {}))
+
+    return _write(path, write, overwrite)
+
+
+def _write(path: str | Path, write, overwrite: bool) -> Path:
     try:
-        Image.fromarray(image).save(tmp, format=Image.registered_extensions().get(suffix, "PNG"))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, (OSError, ValueError, KeyError)):
-            raise ImageFileError(f"cannot write {path}: {exc}") from exc
+        return write_atomic(path, write, overwrite=overwrite)
+    except FileExistsError:
         raise
-    return path
+    except (OSError, ValueError, KeyError) as exc:
+        raise ImageFileError(f"cannot write {path}: {exc}") from exc

@@ -17,10 +17,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import downloads as D
 
 logger = logging.getLogger(__name__)
 
-HF = "https://huggingface.co"
 BASE_DIR = "sdxl-turbo"
 BASE_SINGLE_FILES = ("sd_xl_turbo_1.0_fp16.safetensors", "sd_xl_turbo_1.0.safetensors")
 VAE_DIR = "sdxl-vae-fp16-fix"
@@ -30,12 +30,17 @@ C2C_DIR = "Cradle2Cane"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 HPARAMS_FILE = "hparams.yml"
 
+
+def _source(download: D.Download) -> str:
+    return f"{download.url} ({download.shell_line()})"
+
+
 SOURCES = {
-    BASE_DIR: f"{HF}/stabilityai/sdxl-turbo (huggingface-cli download stabilityai/sdxl-turbo --local-dir models/sdxl-turbo)",
-    "single": f"{HF}/stabilityai/sdxl-turbo/blob/main/sd_xl_turbo_1.0_fp16.safetensors",
-    VAE_DIR: f"{HF}/madebyollin/sdxl-vae-fp16-fix (huggingface-cli download madebyollin/sdxl-vae-fp16-fix --local-dir models/sdxl-vae-fp16-fix)",
-    CLIP_DIR: f"{HF}/openai/clip-vit-large-patch14 (huggingface-cli download openai/clip-vit-large-patch14 --local-dir models/clip-vit-large-patch14)",
-    C2C_DIR: f"{HF}/byliutao/Cradle2Cane (huggingface-cli download byliutao/Cradle2Cane --local-dir models)",
+    BASE_DIR: _source(D.BASE_FOLDER),
+    "single": _source(D.BASE_SINGLE_FILE),
+    VAE_DIR: _source(D.VAE),
+    CLIP_DIR: _source(D.CLIP),
+    C2C_DIR: _source(D.CRADLE2CANE),
 }
 
 

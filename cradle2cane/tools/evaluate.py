@@ -31,7 +31,7 @@ import numpy as np
 from ..faces.packs import find_insightface_pack
 from ..files.images import IMAGE_EXTENSIONS
 from ..files.labels import check_label, labels_from_name, read_label_file
-from .arguments import add_model_arguments, load_model
+from .arguments import HelpFormatter, add_model_arguments, load_model, number_in, say, seed_type
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -264,8 +264,10 @@ def summarise(items: Sequence[ItemResult], tolerance: float) -> Summary:
 
 
 def evaluate(model, faces: Sequence[FaceInput], target_ages: Sequence[int], estimator=None, age_tolerance: float = 10.0,
-             seed: int = 0, batch_size: int = 8, save_dir: Path | None = None, progress=None) -> list[ItemResult]:
-    """Age every face to every target age and score the outputs."""
+             seed: int = 0, batch_size: int = 8, save_dir: Path | None = None, progress=None,
+             overwrite: bool = True) -> list[ItemResult]:
+    """Age every face to every target age and score the outputs (saved to ``save_dir`` as
+    ``saved_image_path`` names them)."""
     import torch
 
     from ..method.arcface import arcface_embedding
@@ -302,10 +304,15 @@ def evaluate(model, faces: Sequence[FaceInput], target_ages: Sequence[int], esti
             if save_dir is not None:
                 from ..files.images import save_image_atomic, to_uint8
 
-                save_image_atomic(to_uint8(out.images[k]), save_dir / f"{face.path.stem}_to{target}.png")
+                save_image_atomic(to_uint8(out.images[k]), saved_image_path(save_dir, face, target),
+                                  overwrite=overwrite, option="--save-images")
         if progress is not None:
             progress(min(start + per_call, len(faces)), len(faces))
     return results
+
+
+def saved_image_path(save_dir: Path, face: FaceInput, target: int) -> Path:
+    return save_dir / f"{face.path.stem}_to{target}.png"
 
 
 def build_report(folder: Path, items: list[ItemResult], targets: Sequence[int], estimator: str, tolerance: float,
@@ -333,23 +340,6 @@ def format_table(report: EvaluationReport) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
-def _parse_ages(values: Sequence[str]) -> list[int]:
-    from ..method.prompts import check_age
-
-    ages = []
-    for value in values:
-        for part in str(value).split(","):
-            if part.strip():
-                try:
-                    ages.append(check_age(int(part), "--target-age"))
-                except ValueError as exc:
-                    raise EvaluationError(str(exc) if "between" in str(exc) else
-                                          f"--target-age: {part!r} is not a whole number of years") from None
-    if not ages:
-        raise EvaluationError("give at least one --target-age")
-    return list(dict.fromkeys(ages))
-
-
 def _face_bar(total: int):
     from tqdm import tqdm
 
@@ -364,51 +354,62 @@ def _face_bar(total: int):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    targets = _parse_ages(args.target_age)
+    from ..files.atomic import check_output, write_text_atomic
+    from .photo_commands import parse_target_ages
+
+    targets = parse_target_ages(args.target_age)
+    json_file = None if args.json in (None, "-") else Path(args.json)
+    if json_file is not None:
+        check_output(json_file, overwrite=args.overwrite, inputs=[args.labels] if args.labels else [], option="--json")
     faces = collect_faces(args.folder, args.labels, args.limit)
+    if args.save_images is not None:
+        for face in faces:
+            for target in targets:
+                check_output(saved_image_path(args.save_images, face, target), overwrite=args.overwrite,
+                             option="--save-images")
     estimator = make_estimator(args.estimator, Path(args.models), args.pack)
     model = load_model(args, cradle2cane_dir=args.weights)
     progress = None if args.quiet else _face_bar(len(faces))
     items = evaluate(model, faces, targets, estimator, args.age_tolerance, args.seed, args.batch_size,
-                     args.save_images, progress)
+                     args.save_images, progress, overwrite=args.overwrite)
     settings = {"models": str(args.models), "weights": None if args.weights is None else str(args.weights),
                 "seed": args.seed, "faces": len(faces)}
     report = build_report(Path(args.folder), items, targets, args.estimator, args.age_tolerance, settings)
-    print(format_table(report))
+    say(format_table(report))
     if args.json is not None:
         text = json.dumps(report.to_dict(), indent=2)
-        if str(args.json) == "-":
-            print(text)
+        if json_file is None:
+            say(text)
         else:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.json.with_name(f".{args.json.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(args.json)
-            print(f"wrote {args.json}", file=sys.stderr)
+            write_text_atomic(json_file, text + "\n", overwrite=args.overwrite)
+            say(f"wrote {json_file}", sys.stderr)
     return 0
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="age a folder of aligned faces and report age error, identity and their harmonic score",
+        "evaluate", formatter_class=HelpFormatter, help="age a folder of aligned faces and report age error, identity and their harmonic score",
         description=__doc__.split("\n\n")[0] + " Source ages/genders come from --labels (CSV image,age,gender) or "
                                                "from file names like 23_male.png.")
     parser.add_argument("folder", type=Path, help="folder of aligned face images")
     add_model_arguments(parser)
     parser.add_argument("--weights", type=Path, default=None,
                         help="a Cradle2Cane folder to evaluate instead of models/Cradle2Cane (e.g. a training output)")
-    parser.add_argument("--target-age", action="append", required=True,
-                        help="target age(s), repeat or comma-separate: --target-age 10,30,50,70")
+    parser.add_argument("--target-age", action="append", required=True, metavar="AGES",
+                        help="target age(s): one (70), a list (10,30,50,70) or a range (10-70:20); repeatable")
     parser.add_argument("--labels", type=Path, default=None, help="CSV with image,age,gender (default: file names)")
     parser.add_argument("--estimator", choices=ESTIMATORS, default="genderage",
                         help="age estimator for the outputs (default genderage: insightface's model on the aligned crop)")
     parser.add_argument("--pack", default=None, help="insightface pack name (default: buffalo_l, then antelopev2)")
-    parser.add_argument("--age-tolerance", type=float, default=10.0,
-                        help="age error (years) at which the age score reaches 0 (default 10)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N faces")
+    parser.add_argument("--age-tolerance", type=number_in(0, 100, low_open=True), default=10.0,
+                        help="age error (years) at which the age score reaches 0")
+    parser.add_argument("--seed", type=seed_type, default=0, help="random seed (0..2**64-1; fixed: same result "
+                                                                  "every run)")
+    parser.add_argument("--batch-size", type=number_in(1, 4096, integer=True), default=8,
+                        help="images per model call")
+    parser.add_argument("--limit", type=number_in(1, 10**9, integer=True), default=None,
+                        help="use only the first N faces")
     parser.add_argument("--save-images", type=Path, default=None, help="also save every output image here")
-    parser.add_argument("--json", type=Path, default=None, help="write the full report as JSON here ('-': stdout)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", default=None, help="write the full report as JSON here ('-': stdout)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file or saved images")
     parser.set_defaults(func=_cmd_evaluate)
