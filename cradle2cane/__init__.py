@@ -10,6 +10,7 @@ Importing this package is cheap: torch, diffusers and friends load on first use 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -19,6 +20,18 @@ __all__ = [
     "NonFiniteResultError", "PhotoAgingResult", "Settings", "SettingsError", "__version__", "adani_strength",
     "age_photo", "aging_prompt", "lora_enabled", "rotate_clip", "slerp", "svr_arcface", "write_tiny_models",
 ]
+
+
+class _NoTorchvisionAdvice(logging.Filter):
+    """transformers tells every user without torchvision to install it, when diffusers merely
+    imports an image-processor name this package never uses; torchvision is not needed here and
+    PyPI's build breaks a CPU-only torch. Only that one message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in str(record.msg)
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionAdvice())
 
 
 def __getattr__(name: str):

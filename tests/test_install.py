@@ -205,3 +205,23 @@ def test_hf_parses_the_commands_as_intended(monkeypatch):
         assert kwargs["repo_id"] == download.repo
         assert list(kwargs["allow_patterns"]) == list(download.include)
         assert Path(kwargs["local_dir"]) == Path("models") / download.local_dir
+
+
+def test_a_folder_of_fp16_weights_only_loads(tiny_models, tmp_path):
+    """The diffusers folder as `--include "*.fp16.safetensors"` downloads it (no full-precision
+    weight files) loads and runs."""
+    import shutil
+
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from cradle2cane import Cradle2Cane
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models, ignore=shutil.ignore_patterns(W.BASE_DIR, *W.BASE_SINGLE_FILES))
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(str(tiny_models / W.BASE_DIR))
+    pipe.save_pretrained(str(models / W.BASE_DIR), variant="fp16")
+    assert not list((models / W.BASE_DIR).rglob("diffusion_pytorch_model.safetensors"))
+    model = Cradle2Cane.from_pretrained(models, device="cpu", dtype=torch.float32)
+    faces = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(model(faces, [60], 30, "male", seed=1).images).all()

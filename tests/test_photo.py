@@ -86,7 +86,7 @@ def test_alpha_is_kept(tiny_model, detector, newton):
 def test_cli_on_a_photo_keeps_its_size(real_models, real_faces, newton, tmp_path, capsys):
     out = tmp_path / "newton_70.png"
     assert main(["age", str(real_faces.photos["newton"]), "--models", str(real_models), "--target-age", "70",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--out", str(out)]) == 0
     aged = np.asarray(Image.open(out))
     assert aged.shape == newton.shape and (aged != newton).any()
     assert "face 0: source age" in capsys.readouterr().err

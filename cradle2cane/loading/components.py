@@ -82,7 +82,8 @@ def _load_base(paths: W.ModelPaths, clip_tokenizer, dtype: torch.dtype):
     if paths.base.is_dir():
         try:
             pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-                str(paths.base), torch_dtype=dtype, local_files_only=True, **kwargs)
+                str(paths.base), torch_dtype=dtype, local_files_only=True, variant=_weights_variant(paths.base),
+                **kwargs)
         except Exception as exc:
             raise W.mismatch(paths.base, f"is not a complete SDXL diffusers folder ({W.one_line(exc)})",
                              W.source_of(W.BASE_DIR)) from exc
@@ -108,6 +109,16 @@ def _load_base(paths: W.ModelPaths, clip_tokenizer, dtype: torch.dtype):
         pipe.vae.to(torch.float32)  # the original SDXL VAE overflows in fp16
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _weights_variant(folder) -> str | None:
+    """``"fp16"`` for a diffusers folder holding only the fp16 weight files (what the README's
+    download fetches), ``None`` when the full-precision files are there."""
+    unet = folder / "unet"
+    if not (unet / "diffusion_pytorch_model.safetensors").is_file() and \
+            (unet / "diffusion_pytorch_model.fp16.safetensors").is_file():
+        return "fp16"
+    return None
 
 
 def _second_tokenizer(tokenizer):

@@ -82,12 +82,14 @@ class ClipFeatures:
 
     @torch.no_grad()
     def text(self, texts: Sequence[str]) -> torch.Tensor:
-        todo = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if todo:
-            tokens = self.tokenizer(list(todo), padding=True, return_tensors="pt").to(self.device)
-            feats = F.normalize(_features(self.model.get_text_features(**tokens)).float(), dim=-1)
-            for t, f in zip(todo, feats):
-                self._text_cache[t] = f
+        # Each new text is encoded alone: a batch's shape (its size, its padding) changes the kernels'
+        # rounding, so a text encoded beside others would be cached with a value that depends on
+        # what the process happened to encode first (differences of ~2e-6 in the final images).
+        for t in dict.fromkeys(texts):
+            if t not in self._text_cache:
+                tokens = self.tokenizer([t], return_tensors="pt").to(self.device)
+                features = _features(self.model.get_text_features(**tokens)).float()
+                self._text_cache[t] = F.normalize(features, dim=-1)[0]
         result = torch.stack([self._text_cache[t] for t in texts]).to(self.device)
         if len(self._text_cache) > 512:  # ages 0..100 fit easily; anything else must not grow forever
             self._text_cache.clear()
