@@ -589,7 +589,10 @@ def test_age_photo_equals_the_node_chain(comfy, model, photo, aligned):
                            color_match="mean", no_face="error")
     assert report == "Cradle2Cane Age Photo: aged the face(s) of 1 of 1 image(s) to 25, 75"
     assert allinone.shape == (2, 512, 512, 3)
-    assert torch.allclose(allinone, chain, atol=1e-6)
+    # Two code paths (five nodes vs one call) batch the same float32 work differently, and CPU
+    # kernels round differently per shape: up to ~3e-6 here, the same in any order or alone.
+    # 1e-5 is far above that rounding and far below one 8-bit level (3.9e-3).
+    assert torch.allclose(allinone, chain, atol=1e-5)
 
 
 def test_skipped_photo_comes_back_unchanged_from_paste_face_back(comfy, model, photo, aligned):
