@@ -322,3 +322,15 @@ def test_a_run_is_quiet(tiny_models, photo, tmp_path):
     quiet = subprocess.run(base + ["--out", str(tmp_path / "b.png"), "--quiet"], capture_output=True, text=True,
                            cwd=ROOT, timeout=600)
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip() == str(tmp_path / "b.png")
+
+
+def test_json_reports_never_replace_a_file_without_overwrite(tiny_models, tmp_path, capsys, no_model_load):
+    existing = tmp_path / "report.json"
+    existing.write_text("keep me")
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(faces / "30_male.png")
+    for argv in (["bench", "--models", tiny_models, "--json", existing],
+                 ["evaluate", faces, "--models", tiny_models, "--target-age", "30", "--json", existing]):
+        assert _run(*argv) == 1
+        assert "--overwrite" in capsys.readouterr().err and existing.read_text() == "keep me"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -93,17 +94,20 @@ def test_pyproject_lists_every_package_and_maps_training():
 def test_install_gives_cradle2cane_training_and_no_top_level_training(tmp_path, editable):
     """A fresh venv (no dependencies needed: both packages import cheaply): `import training`
     must not resolve, `cradle2cane.training` must, with its defaults.yaml."""
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
+                                                                ".pytest_cache", "tests"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     if editable:  # this interpreter's setuptools builds it, into the fresh venv
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))}
         command = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                   "--no-build-isolation", "-e", str(ROOT)]
+                   "--no-build-isolation", "-e", str(source)]
     else:
         wheels = tmp_path / "wheels"
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                        "-w", str(wheels), str(ROOT)], check=True, cwd=tmp_path)
+                        "-w", str(wheels), str(source)], check=True, cwd=tmp_path)
         command = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                    *map(str, wheels.glob("*.whl"))]
     subprocess.run(command, check=True, cwd=tmp_path, env=env if editable else None)

@@ -1,4 +1,4 @@
-"""The method's pure functions against values worked out by hand (METHOD.md sections 2-3)."""
+"""The method's pure functions against values worked out by hand (docs/method.md)."""
 
 import math
 

@@ -296,10 +296,10 @@ def read_manifest(path: str | Path, limit: int | None = None) -> list[Sample]:
     if path.is_dir():
         candidate = path / "manifest.jsonl"
         if not candidate.is_file():
-            raise DatasetError(f"{path} is a folder without manifest.jsonl; run `python -m training prepare` first")
+            raise DatasetError(f"{path} is a folder without manifest.jsonl; run `cradle2cane train prepare` first")
         path = candidate
     if not path.is_file():
-        raise DatasetError(f"training manifest {path} does not exist; write it with `python -m training prepare`")
+        raise DatasetError(f"training manifest {path} does not exist; write it with `cradle2cane train prepare`")
     base = path.parent
     samples: list[Sample] = []
     if path.suffix.lower() == ".csv":

@@ -1,4 +1,4 @@
-"""The generator losses of METHOD.md section 5 and the PatchGAN discriminator.
+"""The generator losses (docs/training.md) and the PatchGAN discriminator.
 
 Every function takes images in 0..1, [B,3,H,W], and returns an unweighted scalar; the trainer
 multiplies by the configured weights. Frozen networks (ArcFace, LPIPS, the age regressor, the

@@ -1,5 +1,5 @@
 """The frozen and trainable parts of a training run, loaded with the core's own loaders, and
-written back in the released layout (METHOD.md sections 0 and 3) so that
+written back in the released layout (docs/method.md) so that
 ``Cradle2Cane.from_pretrained(models_dir, cradle2cane_dir=<folder>)`` loads them unchanged.
 """
 

@@ -169,5 +169,5 @@ def load_projector(path: Path, in_dim: int, out_dim: int, what: str) -> Projecto
     source = W.source_of(W.C2C_DIR)
     state = load_state_dict_file(path, source)
     check_shapes(path, state, expected_shapes(in_dim, out_dim), source,
-                   f"a {what} {in_dim} -> {out_dim} (METHOD.md section 3)")
+                   f"a {what} {in_dim} -> {out_dim} (docs/method.md)")
     return projector_from_state_dict(state).requires_grad_(False)

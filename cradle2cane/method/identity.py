@@ -1,4 +1,4 @@
-"""Identity conditioning for pass 2: SVR-ArcFace and Rotate-CLIP (METHOD.md section 3)."""
+"""Identity conditioning for pass 2: SVR-ArcFace and Rotate-CLIP (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..files.atomic import check_output, write_text_atomic
 from .arguments import UsageError, add_model_arguments, load_model
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def register(subparsers) -> None:
     parser.add_argument("--json", dest="json_path", default=None,
                         help="also write the results as JSON to this file, or '-' for stdout (the table "
                              "then goes to stderr)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.set_defaults(func=_cmd_bench)
 
 
@@ -160,11 +162,9 @@ def parse_options(args: argparse.Namespace) -> BenchOptions:
         raise _usage("the sequential variant runs plain diffusers calls, only in the default memory mode; "
                      "add default to --memory or drop sequential from --variants")
     if args.json_path not in (None, "-"):
-        path = Path(args.json_path)
-        if path.is_dir():
-            raise _usage(f"--json {path} is a folder; give a file name such as {path / 'bench.json'}")
-        if not path.parent.exists():
-            raise _usage(f"--json: the folder {path.parent} does not exist")
+        if not Path(args.json_path).parent.exists():
+            raise _usage(f"--json: the folder {Path(args.json_path).parent} does not exist")
+        check_output(args.json_path, overwrite=args.overwrite, option="--json")
     return BenchOptions(ages=ages, source_age=source_age, gender=gender, seed=args.seed, batch_size=args.batch_size,
                         repeats=args.repeats, warmup=args.warmup, variants=variants, memory=memory)
 
@@ -414,21 +414,13 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(report: dict[str, Any], target: str) -> None:
+def _write_json(report: dict[str, Any], target: str, overwrite: bool) -> None:
     text = json.dumps(report, indent=2, allow_nan=False)
     if target == "-":
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
         return
-    path = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, text + "\n", overwrite=overwrite, option="--overwrite")
 
 
 # ----------------------------------------------------------------------------- command
@@ -511,5 +503,5 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         report = make_report(results, context, bench.differences())
     print(format_table(report), file=table_out, flush=True)
     if args.json_path is not None:
-        _write_json(report, args.json_path)
+        _write_json(report, args.json_path, args.overwrite)
     return 0
