@@ -334,3 +334,26 @@ def test_json_reports_never_replace_a_file_without_overwrite(tiny_models, tmp_pa
                  ["evaluate", faces, "--models", tiny_models, "--target-age", "30", "--json", existing]):
         assert _run(*argv) == 1
         assert "--overwrite" in capsys.readouterr().err and existing.read_text() == "keep me"
+
+
+def test_a_long_library_error_becomes_one_short_line(capsys):
+    from cradle2cane.tools.arguments import MAX_ERROR_LENGTH, run_command
+
+    def fail(args):
+        raise RuntimeError("size mismatch for layer\n" * 131)
+
+    assert run_command(argparse.Namespace(func=fail, debug=False, command="age"), "cradle2cane") == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and len(err) < MAX_ERROR_LENGTH + 100 and "(+130 more lines)" in err
+
+
+def test_age_photo_checks_its_arguments_before_any_work(tiny_model):
+    from cradle2cane.photo import age_photo
+
+    photo = np.zeros((64, 64, 3), np.uint8)
+    for kwargs, words in (({"seed": -1}, "seed must be"), ({"seed": 2**64}, "seed must be"),
+                          ({"strength": 0.0}, "strength must be in"), ({"id_strength": 2.0}, "id_strength must be"),
+                          ({"source_age": 130}, "source age must be"), ({"gender": "x"}, "gender must be"),
+                          ({"on_no_face": "ignore"}, "on_no_face")):
+        with pytest.raises(ValueError, match=words):  # no detector or models folder given: checked first
+            age_photo(tiny_model, photo, 70, **kwargs)

@@ -194,9 +194,9 @@ def test_hf_parses_the_commands_as_intended(monkeypatch):
     """The real `hf` command line parses each command into the intended repository, patterns and
     folder (its download functions replaced by a recorder)."""
     cli = pytest.importorskip("huggingface_hub.cli.download")
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
-    from huggingface_hub.cli.hf import app
+    from huggingface_hub.cli.hf import app  # a click group
 
     calls = []
     monkeypatch.setattr(cli, "snapshot_download", lambda **kw: calls.append(kw) or "x")

@@ -18,6 +18,10 @@ from ..method.seeds import MAX_SEED
 from ..runtime import MEMORY_MODES
 from ..runtime.precision import AUTO, PRECISIONS
 
+MAX_ERROR_LENGTH = 500
+"""Longer error texts are cut on the command line; ``--debug`` prints them whole."""
+
+
 class UsageError(ValueError):
     """Bad command-line input."""
 
@@ -188,7 +192,7 @@ def run_command(args: argparse.Namespace, program: str) -> int:
             raise
         from ..loading.paths import one_line
 
-        text = one_line(exc, limit=None)
+        text = one_line(exc, limit=MAX_ERROR_LENGTH)  # a library's whole report (every mismatched tensor) cut
         say(f"{program} {args.command}: error: {_option_spelling(text, getattr(args, 'parser', None))}", sys.stderr)
         return 1
     finally:
