@@ -93,7 +93,6 @@ def test_help_shows_every_default_and_explains_the_options():
     for name, sub in commands.items():
         if name == "train":
             continue
-        text = sub.format_help()
         for action in sub._actions:
             if action.option_strings and action.help not in (None, argparse.SUPPRESS) and \
                     action.default not in (None, False, argparse.SUPPRESS):
