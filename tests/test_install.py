@@ -229,3 +229,20 @@ def test_a_folder_of_fp16_weights_only_loads(tiny_models, tmp_path):
     model = Cradle2Cane.from_pretrained(models, device="cpu", dtype=torch.float32)
     faces = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(model(faces, [60], 30, "male", seed=1).images).all()
+
+
+def test_readme_shows_the_same_download_lines():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for download in D.download_plan("file"):
+        assert download.shell_line("models") in readme, download.shell_line("models")
+    assert D.BASE_FOLDER.shell_line("models") in readme
+    assert "huggingface-cli" not in readme
+
+
+def test_ci_runs_the_readmes_install_and_test_commands():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index("## Run the tests"):]
+    block = block[block.index("```sh") + 5:block.index("```", block.index("```sh") + 5)]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [line.strip() for line in block.strip().splitlines()]
