@@ -245,4 +245,5 @@ def test_ci_runs_the_readmes_install_and_test_commands():
     block = block[block.index("```sh") + 5:block.index("```", block.index("```sh") + 5)]
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith(("#", "set ", "cd "))]
-    assert ci == [line.strip() for line in block.strip().splitlines()]
+    readme_lines = [line.strip() for line in block.strip().splitlines()]
+    assert [line for line in ci if line in readme_lines] == readme_lines  # CI may do more, never other installs
