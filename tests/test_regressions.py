@@ -38,8 +38,8 @@ def test_evaluate_with_weights_keeps_the_memory_mode(tiny_models, tmp_path, monk
 def test_training_load_does_not_warn_about_the_arcface_depth(tiny_models, caplog):
     """Training has no hparams.yml yet, so the ArcFace file's own depth is right: no warning. (The
     warning once moved module and a logger-name filter in training silently stopped hiding it.)"""
-    from training.config import build_config
-    from training.models import load_parts
+    from cradle2cane.training.config import build_config
+    from cradle2cane.training.models import load_parts
 
     cfg = build_config(overrides={"models_dir": str(tiny_models)})
     with caplog.at_level(logging.WARNING):
@@ -64,7 +64,7 @@ def test_the_core_still_warns_when_hparams_names_another_arcface(tiny_models, ca
 def test_one_scalar_coercer_for_hparams_and_training(value, tmp_path):
     """hparams.yml and the training config read booleans (and numbers) the same way."""
     from cradle2cane.loading.settings import Settings
-    from training.config import build_config
+    from cradle2cane.training.config import build_config
 
     assert Settings.from_mapping({"use_swr": value}).use_swr is True  # "yes"/"1" were refused by hparams.yml alone
     assert build_config(overrides={"random_flip": value}).random_flip is True

@@ -1,4 +1,4 @@
-"""One training batch (METHOD.md section 5): the age shift, both passes through the core, the losses.
+"""One training batch (docs/training.md): the age shift, both passes through the core, the losses.
 
 Per batch: one age shift for the whole batch, targets clamped to min_age..max_age, the AdaNI
 strength from the mean |shift|; pass 1 (LoRA off) without gradients; the identity conditioning
