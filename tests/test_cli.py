@@ -356,3 +356,20 @@ def test_age_photo_checks_its_arguments_before_any_work(tiny_model):
                           ({"on_no_face": "ignore"}, "on_no_face")):
         with pytest.raises(ValueError, match=words):  # no detector or models folder given: checked first
             age_photo(tiny_model, photo, 70, **kwargs)
+
+
+def test_reference_inference_reaches_the_model(tiny_models, photo, tmp_path, monkeypatch):
+    from cradle2cane.pipeline import Cradle2Cane
+
+    seen = []
+    original = Cradle2Cane.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("reference_inference"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Cradle2Cane, "__call__", spy)
+    for extra in ([], ["--reference-inference"]):
+        assert _run("age", photo, "--models", tiny_models, "--target-age", "70", "--out", tmp_path / f"{len(extra)}.png",
+                    "--quiet", *extra) == 0
+    assert seen == [False, True]

@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         for name in ("diffusers", "transformers", "accelerate", "PIL"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    from cradle2cane.tools.cli import run_command
+    from cradle2cane.tools.arguments import run_command
 
     return run_command(args, "training")
 

@@ -108,6 +108,9 @@ def _add_photo_options(parser: argparse.ArgumentParser) -> None:
                         help="faces narrower than this (photo pixels) are skipped")
     parser.add_argument("--no-face", choices=["error", "skip"], default="error",
                         help="a photo without a usable face: error (fail), or skip (write it unchanged)")
+    parser.add_argument("--reference-inference", action="store_true",
+                        help="reproduce the reference inference script instead of the training behaviour "
+                             "(docs/method.md; for comparisons with the published images)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_global_options(parser, top_level=False)
 

@@ -289,7 +289,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate", formatter_class=HelpFormatter, help="age a folder of aligned faces and report age error, identity and their harmonic score",
+        "evaluate", formatter_class=HelpFormatter,
+        help="age a folder of aligned faces and report age error, identity and their harmonic score",
         description=__doc__.split("\n\n")[0] + " Source ages/genders come from --labels (CSV image,age,gender) or "
                                                "from file names like 23_male.png.")
     parser.add_argument("folder", type=Path, help="folder of aligned face images")

@@ -125,12 +125,13 @@ def age_images(args: argparse.Namespace, prepared: PreparedPhoto) -> list[np.nda
     progress = progress_bar(args)
     if args.aligned:
         result = model(to_tensor(prepared.photo), prepared.targets, args.source_age, args.gender, seed=args.seed,
-                       strength=args.strength, id_strength=args.id_strength, callback=progress)
+                       strength=args.strength, id_strength=args.id_strength, callback=progress,
+                       reference_inference=args.reference_inference)
         return [to_uint8(img) for img in result.images]
     result = age_photo(model, prepared.photo, prepared.targets, detected=prepared.detected,
                        source_age=args.source_age, gender=args.gender, seed=args.seed, strength=args.strength,
                        id_strength=args.id_strength, alpha=prepared.alpha, callback=progress,
-                       image_name=str(args.image))
+                       image_name=str(args.image), reference_inference=args.reference_inference)
     if not args.quiet:
         for face, age, gender, (est_age, est_gender) in zip(result.faces, result.source_ages, result.genders,
                                                             result.estimated):
