@@ -40,8 +40,8 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 PHOTO_SIZE = (512, 512)  # assets/astronaut.jpg
 HOW_TO_ENABLE = ("build one with `bash ../shared/comfyui/setup.sh DEST` or use any ComfyUI >= 0.3.64 checkout, "
-                 "install this pack's requirements and onnxruntime into its Python, then set COMFYUI_DIR=DEST "
-                 "and COMFYUI_PYTHON=its python (see docs/comfyui.md, 'Tests')")
+                 "install this pack's requirements into its Python and run install.py with it, then set "
+                 "COMFYUI_DIR=DEST and COMFYUI_PYTHON=its python (see docs/comfyui.md, 'Tests')")
 
 PROBE_PACK = '''
 """Test-only: GET /c2c_test/loaded_models lists ComfyUI's loaded models."""
