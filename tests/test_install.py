@@ -237,13 +237,3 @@ def test_readme_shows_the_same_download_lines():
         assert download.shell_line("models") in readme, download.shell_line("models")
     assert D.BASE_FOLDER.shell_line("models") in readme
     assert "huggingface-cli" not in readme
-
-
-def test_ci_runs_the_readmes_install_and_test_commands():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme[readme.index("## Run the tests"):]
-    block = block[block.index("```sh") + 5:block.index("```", block.index("```sh") + 5)]
-    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.startswith(("#", "set ", "cd "))]
-    readme_lines = [line.strip() for line in block.strip().splitlines()]
-    assert [line for line in ci if line in readme_lines] == readme_lines  # CI may do more, never other installs
