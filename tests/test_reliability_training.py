@@ -76,7 +76,7 @@ def test_prepare_refuses_a_skip_list_that_is_the_label_file_under_another_spelli
     before = labels.read_bytes()
     (tmp_path / "sub").mkdir()
     spelled = tmp_path / "sub" / ".." / "data.jsonl"
-    with pytest.raises(DatasetError, match="which is the input"):
+    with pytest.raises(FileExistsError, match="skip list .* is the input file"):
         prepare_folder(tmp_path / "images", labels, spelled, overwrite=True)
     assert labels.read_bytes() == before and not (tmp_path / "data.jsonl").exists()
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from cradle2cane.files.atomic import refuse_existing, write_text_atomic
+from cradle2cane.files.atomic import check_output, write_text_atomic
 from cradle2cane.files.images import IMAGE_EXTENSIONS
 from cradle2cane.files.labels import check_label, read_label_file
 
@@ -146,25 +146,14 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve())
 
 
-def _same_path(a: Path, b: Path) -> bool:
-    """Whether two spellings name the same file (links, ``..``, case-insensitive file systems)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist yet
-        return a.resolve() == b.resolve()
-
-
 def check_manifest_path(manifest: Path, inputs: Sequence[Path], overwrite: bool) -> None:
     """Before any work: the manifest is ``.jsonl``, neither it nor its skip list is one of the
-    ``inputs`` (however the path is spelled), and neither exists unless ``overwrite``."""
+    ``inputs`` (however the path is spelled), a folder or unwritable, and neither exists unless
+    ``overwrite``."""
     if manifest.suffix.lower() != ".jsonl":
         raise DatasetError(f"--out {manifest}: a manifest is JSON lines; give it the extension .jsonl")
-    for output in (manifest, skipped_path(manifest)):
-        for given in inputs:
-            if _same_path(output, Path(given)):
-                raise DatasetError(f"--out {manifest} would write {output}, which is the input {given}; "
-                                   f"choose another --out")
-        refuse_existing(output, overwrite)
+    check_output(manifest, overwrite=overwrite, inputs=inputs)
+    check_output(skipped_path(manifest), overwrite=overwrite, inputs=inputs, option=f"--out {manifest.name}'s skip list")
 
 
 def write_manifest(samples: Sequence[Sample], manifest: Path, skipped: Sequence[tuple[str, str]] = (),
