@@ -255,13 +255,13 @@ def test_one_line_keeps_the_first_useful_line():
 
 
 def test_command_line_prints_a_multi_line_library_error_as_one_line(monkeypatch, capsys):
-    from training.__main__ import main as training_main
+    from cradle2cane.training.__main__ import main as training_main
 
     def page_of_errors(*args, **kwargs):
         raise RuntimeError("Error(s) in loading state_dict for UNet:\n" + "\n".join(
             f"\tsize mismatch for layer{i}.weight: copying a param with shape [4, 65]" for i in range(131)))
 
-    monkeypatch.setattr("training.config.build_config", page_of_errors)
+    monkeypatch.setattr("cradle2cane.training.config.build_config", page_of_errors)
     assert training_main(["config"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("training config: error: Error(s) in loading state_dict")

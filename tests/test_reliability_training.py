@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from training.__main__ import main as training_main
-from training.config import ConfigError, build_config
-from training.data import DatasetError, prepare_folder, skipped_path
-from training.outputs import LOG_FILE, STATE_FILE, OutputError, restore
-from training.trainer import Trainer
+from cradle2cane.training.__main__ import main as training_main
+from cradle2cane.training.config import ConfigError, build_config
+from cradle2cane.training.data import DatasetError, prepare_folder, skipped_path
+from cradle2cane.training.outputs import LOG_FILE, STATE_FILE, OutputError, restore
+from cradle2cane.training.trainer import Trainer
 
 LABELS = [(23, "male"), (41, "female"), (60, "male"), (8, "female")]
 

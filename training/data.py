@@ -122,7 +122,7 @@ def check_manifest_images(samples: Sequence[Sample], manifest: Path, share: tupl
                 bad.append(problem if str(sample.image) in problem else f"{sample.image}: {problem}")
     if bad:
         raise DatasetError(f"{manifest}: {len(bad)} of {len(mine)} images cannot be used ({'; '.join(bad[:3])}"
-                           f"{' ...' if len(bad) > 3 else ''}); fix or remove them (`python -m training prepare` "
+                           f"{' ...' if len(bad) > 3 else ''}); fix or remove them (`cradle2cane train prepare` "
                            f"skips such images), or skip this check with --set check_images=false")
 
 
