@@ -188,6 +188,17 @@ def test_missing_and_broken_images_are_found_before_training(tmp_path, capsys):
     Trainer(_config(tmp_path, manifest, tmp_path / "out", "check_images=false"))  # the check can be skipped
 
 
+def test_an_image_in_a_format_we_do_not_read_is_refused_even_named_png(tmp_path):
+    """Training reads images through the one image reader: only the listed formats are opened."""
+    manifest = _manifest(tmp_path / "data")
+    disguised = sorted((tmp_path / "data" / "images").glob("*.png"))[3]
+    Image.open(disguised).save(disguised, format="ICO")  # Pillow reads ICO; the pack does not
+    with pytest.raises(DatasetError) as exc:
+        Trainer(_config(tmp_path, manifest, tmp_path / "out"))
+    assert "1 of 4 images cannot be used" in str(exc.value) and disguised.name in str(exc.value)
+    assert "PNG, JPEG, WebP, BMP, TIFF or GIF" in str(exc.value)
+
+
 # ----------------------------------------------------------------------------- resuming
 
 

@@ -83,19 +83,21 @@ def _sample(image: Path, age: Any, gender: Any, check_images: bool, where: str) 
 
 
 def image_problem(path: Path) -> str | None:
-    """None when the image exists and decodes fully, else why it cannot be used."""
+    """None when the image is a file in one of the formats we read and decodes fully, else why
+    it cannot be used."""
     from PIL import Image
 
-    if not path.is_file():
-        return f"image missing: {path} {'is not a file' if path.exists() else 'does not exist'}"
+    from cradle2cane.files.images import READ_FORMATS, load_image
+
     try:
-        with Image.open(path) as image:
-            image.verify()  # structure and chunk checksums
-        with Image.open(path) as image:
-            width, height = image.size
-            image.load()  # the full decode: truncated or corrupt pixel data fails here
+        rgb, _ = load_image(path)  # formats, pixel budget, folders and pipes: the one image reader
+        with Image.open(path, formats=READ_FORMATS) as image:
+            image.verify()  # chunk checksums, which decoding alone does not read
+    except FileNotFoundError:
+        return f"image missing: {path} does not exist"
     except Exception as exc:  # PIL raises many types for broken files
-        return f"unreadable image: {type(exc).__name__}: {exc}"
+        return f"unreadable image: {exc}"
+    height, width = rgb.shape[:2]
     if width < 8 or height < 8:
         return f"unreadable image: {width}x{height} is too small"
     return None
@@ -329,16 +331,17 @@ def load_face(path: Path, resolution: int) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        width, height = image.size
-        if width != height:
-            side = min(width, height)
-            left, top = (width - side) // 2, (height - side) // 2
-            image = image.crop((left, top, left + side, top + side))
-        if image.size != (resolution, resolution):
-            image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
-        array = np.asarray(image, dtype=np.uint8).copy()
+    from cradle2cane.files.images import load_image
+
+    image = Image.fromarray(load_image(path)[0])  # the one image reader: listed formats, EXIF orientation
+    width, height = image.size
+    if width != height:
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.uint8).copy()
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
