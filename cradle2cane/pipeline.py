@@ -18,7 +18,7 @@ import torch
 
 from .loading import paths as W
 from .loading.components import check_files, load_arcface, load_base, load_clip, load_lora, load_projector
-from .loading.settings import Settings
+from .loading.settings import Settings, range_problem
 from .method.adani import adani_strength, check_strength
 from .method.arcface import IResNet
 from .method.clip_features import ClipFeatures, ClipPreprocess
@@ -260,6 +260,9 @@ class Cradle2Cane:
                             swr_alpha: float | None = None, swr_beta: float | None = None) -> torch.Tensor:
         """Pass-2 conditioning [N, 2, D]: the SVR-ArcFace token and the Rotate-CLIP token (inference;
         training uses ``IdentityEncoder`` with gradients)."""
+        problem = range_problem({"swr_alpha": swr_alpha, "swr_beta": swr_beta})  # None = hparams.yml's
+        if problem:
+            raise ValueError(f"identity embeddings: {problem}")
         faces = self.prepare_faces(faces)
         aged = self._aged_input(first, aged)
         if faces.shape[0] < first.plan.faces:

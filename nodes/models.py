@@ -133,20 +133,27 @@ def resolve_cradle2cane(name: str) -> tuple[Path, Path]:
         f"clip-vit-large-patch14/ and sdxl-vae-fp16-fix/ beside it; see docs/comfyui.md.")
 
 
+def _has_base(folder: Path) -> bool:
+    try:
+        W.find_base(folder)
+    except W.ModelFileError:
+        return False
+    return True
+
+
 def resolve_base(choice: str, models_root: Path) -> Path | None:
     """The SDXL-Turbo base for a dropdown value; ``None`` lets the core find it in ``models_root``."""
     check_choice(choice, base_options, "Load Cradle2Cane", "base")
     if choice == BASE_AUTO:
-        if (models_root / W.BASE_DIR / "model_index.json").is_file() or \
-                any((models_root / n).is_file() for n in W.BASE_SINGLE_FILES):
+        if _has_base(models_root):
             return None
         for name in W.BASE_SINGLE_FILES:
             path = folder_paths.get_full_path(CHECKPOINTS, name)
             if path:
                 return Path(path)
         for root in _roots(DIFFUSERS):
-            if (root / W.BASE_DIR / "model_index.json").is_file():
-                return root / W.BASE_DIR
+            if _has_base(root):
+                return W.find_base(root)
         raise W.ModelFileError(
             f"Load Cradle2Cane: base 'auto' found no SDXL-Turbo: looked for {W.BASE_DIR}/ and "
             f"{' / '.join(W.BASE_SINGLE_FILES)} in {models_root}, the checkpoints folders "

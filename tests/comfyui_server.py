@@ -39,7 +39,7 @@ WORKFLOWS = ROOT / "workflows"
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
 PHOTO_SIZE = (512, 512)  # assets/astronaut.jpg
-HOW_TO_ENABLE = ("build one with `bash ../shared/comfyui/setup.sh DEST` or use any ComfyUI >= 0.3.64 checkout, "
+HOW_TO_ENABLE = ("use a ComfyUI >= 0.3.64 checkout DEST with its own Python environment, "
                  "install this pack's requirements into its Python and run install.py with it, then set "
                  "COMFYUI_DIR=DEST and COMFYUI_PYTHON=its python (see docs/comfyui.md, 'Tests')")
 

@@ -450,3 +450,12 @@ def test_training_api_carries_gradients_to_the_projectors(tiny_model, faces):
     sampler.decode(latents).mean().backward()
     assert calls == [1] and all(p.grad is not None and p.grad.abs().sum() > 0
                                 for p in face_projector.parameters() if p.ndim == 2)
+
+
+@pytest.mark.parametrize("override", [{"swr_alpha": 5.0}, {"swr_beta": 0.0}, {"swr_alpha": float("inf")}])
+def test_identity_overrides_are_range_checked_before_any_work(tiny_model, faces, override):
+    """Per-call SVR overrides obey the same bounds as hparams.yml (one table), before any model runs."""
+    first = tiny_model.first_pass(faces[:1], 60, 30, "male")
+    key = next(iter(override))
+    with pytest.raises(ValueError, match=f"identity embeddings: {key} must be"):
+        tiny_model.identity_embeddings(faces[:1], first, **override)
