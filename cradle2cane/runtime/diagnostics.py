@@ -1,10 +1,18 @@
 """What a loaded model is made of and what it costs: dtypes, parameter counts, attention
-implementation, peak memory."""
+implementation, peak memory, time.
+
+Time: on the CPU the clock to trust is the process's CPU time (``time.process_time``), because on
+a shared machine wall time mostly measures the neighbours; it sums every thread of the process, so
+compare runs at the same ``torch.set_num_threads``. On CUDA it is wall time between two
+``torch.cuda.synchronize`` calls: what a user waits for.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Protocol
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 from torch import nn
@@ -115,3 +123,82 @@ def process_peak_rss_mib() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+# ----------------------------------------------------------------------------- time
+
+
+@dataclass(frozen=True)
+class Clock:
+    """``now()`` in seconds on the clock that means something on ``device``."""
+
+    device: torch.device
+
+    @property
+    def kind(self) -> str:
+        return "cuda_synchronized_wall" if self.device.type == "cuda" else "process_cpu"
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+        return time.process_time()
+
+    def time(self, fn: Callable[[], object]) -> tuple[float, object]:
+        """(seconds, result) of ``fn()``."""
+        start = self.now()
+        result = fn()
+        return self.now() - start, result
+
+
+def _rows(args: tuple, kwargs: Mapping) -> int:
+    first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 0
+
+
+class ModuleMeter:
+    """While active, counts the calls and input rows of named modules and, with a clock, the time
+    spent inside each. A name maps to a module, or to an (entry, exit) pair of modules for code
+    that is not one ``forward`` (ArcFace's ``hidden_state``): counted and started when the entry
+    runs, stopped when the exit returns. Give modules that never run inside one another."""
+
+    def __init__(self, modules: Mapping[str, nn.Module | tuple[nn.Module, nn.Module]],
+                 clock: Clock | None = None) -> None:
+        self.modules = {name: m if isinstance(m, tuple) else (m, m) for name, m in modules.items()}
+        self.clock = clock
+        self.calls = {name: 0 for name in self.modules}
+        self.rows = {name: 0 for name in self.modules}
+        self.seconds = {name: 0.0 for name in self.modules}
+        self._started: dict[str, float] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "ModuleMeter":
+        for name, (entry, exit_) in self.modules.items():
+            self._handles.append(entry.register_forward_pre_hook(self._pre(name), with_kwargs=True))
+            if self.clock is not None:
+                self._handles.append(exit_.register_forward_hook(self._post(name), always_call=True))
+        return self
+
+    def _pre(self, name: str):
+        def pre(module, args, kwargs):
+            self.calls[name] += 1
+            self.rows[name] += _rows(args, kwargs)
+            if self.clock is not None:
+                self._started[name] = self.clock.now()
+
+        return pre
+
+    def _post(self, name: str):
+        def post(module, args, output):
+            start = self._started.pop(name, None)
+            if start is not None:
+                self.seconds[name] += self.clock.now() - start
+
+        return post
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._started.clear()
+

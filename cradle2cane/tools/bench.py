@@ -1,64 +1,57 @@
-"""``cradle2cane bench``: the reference-style per-age loop against this project's one-call sweep.
+"""``cradle2cane bench``: the one-call sweep against per-age calls, the reference loop and the floor.
 
-Variants (``--variants``), all on the same face, ages, seed and model, in one process:
-
-* ``sequential``: what the reference inference script does for each target age: a plain diffusers
-  ``StableDiffusionXLImg2ImgPipeline.__call__`` with the LoRA off (prompt, AdaNI strength, 4 steps,
-  guidance 1), the prompt encoded again for its pooled embedding, the identity embedding of the
-  input and the aged image (CLIP text cache cleared, so everything is re-encoded), and a second
-  plain call with ``prompt_embeds``/``pooled_prompt_embeds`` and the LoRA on.
-* ``sweep``: ``Cradle2Cane.__call__`` once for all ages (shared VAE encoding, prompts encoded once,
-  batched UNet).
-* ``single``: ``Cradle2Cane.__call__`` for the last age only (one image, both passes).
-
-``sweep`` and ``single`` also run under each extra ``--memory`` mode (``offload``, ``low-vram``).
-Repeats alternate the order of the variants. Times are medians over the repeats; peak memory is
-CUDA's ``max_memory_allocated`` on a GPU and the process's peak RSS on the CPU, reset before each
-variant where the OS allows it.
+All variants (``tools.bench_runs``) age the same face to the same ages with the same seed and model
+in one process; repeats alternate their order and the report keeps medians. Time is the process's
+CPU time on the CPU (wall time on a shared machine measures the neighbours) and wall time between
+CUDA synchronisations on a GPU. The floor (``tools.bench_floor``) is what the sweep cannot avoid:
+every UNet row and VAE pass at its cheapest batch size, plus the encoders; the sweep's efficiency
+is floor / sweep. ``--profile`` splits every run by module.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
-import logging
-import math
-import os
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..files.atomic import check_output, write_text_atomic
 from .arguments import UsageError, add_model_arguments, load_model
+from .bench_runs import VARIANTS, Bench, RunSettings, VariantResult
 
-logger = logging.getLogger(__name__)
-
-VARIANTS = ("sequential", "sweep", "single")
 DEFAULT_AGES = 20
+DEFAULT_VARIANTS = "sweep,per-age,reference"
 MIN_SWEEP_AGE, MAX_SWEEP_AGE = 1, 80
-JSON_VERSION = 1
+JSON_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- arguments
 
 
 def register(subparsers) -> None:
+    from ..runtime.acceleration import COMPILE_MODES
+
     parser = subparsers.add_parser(
-        "bench", help="time the reference-style per-age loop against the one-call sweep",
-        description="Time the reference-style per-age loop (plain diffusers calls) against this project's "
-                    "one-call lifespan sweep on the same inputs, and report per-image time, the speed-up and "
-                    "peak memory. Without --models it writes the tiny model set into a temporary folder.")
+        "bench", help="time the one-call sweep against per-age calls, the reference loop and the floor",
+        description="Age one face to many target ages in several ways on the same inputs and report time per "
+                    "image, the ratios to the one-call sweep, the floor (every UNet row and VAE pass at its "
+                    "cheapest batch size, plus the encoders), the sweep's efficiency against it and peak memory. "
+                    "Time is process CPU time on the CPU and synchronised wall time on CUDA. Without --models "
+                    "it writes the tiny model set into a temporary folder.")
     # --models is optional here (the tiny set or --full-size stand in); --memory lists modes to compare.
     add_model_arguments(parser, models_help="models folder (default: the tiny model set, written to a "
                                             "temporary folder)", memory=False)
     parser.add_argument("--full-size", action="store_true",
                         help="random weights at the released sizes (SDXL-Turbo configs shipped in "
                              "cradle2cane/loading/configs/sdxl-turbo, CLIP-L, ArcFace r100, projectors); for a GPU")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="run at this image size instead of the model's own (a multiple of 64), e.g. to "
+                             "see where compute dominates with the tiny set, or full size on a CPU")
     parser.add_argument("--ages", type=int, default=None,
                         help=f"number of target ages spread over {MIN_SWEEP_AGE}..{MAX_SWEEP_AGE} "
                              f"(default {DEFAULT_AGES})")
@@ -66,45 +59,47 @@ def register(subparsers) -> None:
     parser.add_argument("--source-age", type=int, default=30, help="age of the input face (default 30)")
     parser.add_argument("--gender", default="male", help="male or female (default male)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8, help="sweep batch size (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="the sweep's batch size cap (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant first (default 1)")
-    parser.add_argument("--variants", default="sequential,sweep",
-                        help=f"comma-separated, from {', '.join(VARIANTS)} (default sequential,sweep)")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default {DEFAULT_VARIANTS})")
     parser.add_argument("--memory", default="default",
-                        help="comma-separated memory modes for sweep/single: default, offload, low-vram "
-                             "(default: default)")
+                        help="comma-separated memory modes for sweep, per-age and single: default, offload, "
+                             "low-vram (default: default)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip measuring the floor (each component alone at each batch size)")
+    parser.add_argument("--profile", action="store_true",
+                        help="split every run by module (UNet, VAE encoder/decoder, text encoders, ArcFace, CLIP, "
+                             "projectors, other); on CUDA this synchronises around each module")
+    parser.add_argument("--compile", dest="compile_mode", default=None, choices=COMPILE_MODES,
+                        help="torch.compile the UNet in this mode (reduce-overhead adds CUDA graphs); the warm-up "
+                             "runs pay the compilation")
+    parser.add_argument("--compile-backend", default="inductor", choices=("inductor", "aot_eager", "eager"),
+                        help="torch.compile backend (default inductor; eager checks the mechanics without a compiler)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="UNet and VAE weights in the channels-last memory format")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", dest="json_path", default=None,
                         help="also write the results as JSON to this file, or '-' for stdout (the table "
                              "then goes to stderr)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.set_defaults(func=_cmd_bench)
 
 
 @dataclass
 class BenchOptions:
-    ages: list[int]
-    source_age: int
-    gender: str
-    seed: int
-    batch_size: int
-    repeats: int
-    warmup: int
+    run: RunSettings
     variants: list[str]
     memory: list[str]
-
-
-def _usage(message: str) -> Exception:
-    return UsageError(message)
+    floor: bool
 
 
 def spread_ages(count: int) -> list[int]:
     """``count`` distinct whole ages from 80 down to 1, evenly spaced, in ascending order."""
     span = MAX_SWEEP_AGE - MIN_SWEEP_AGE
     if not 1 <= count <= span + 1:
-        raise _usage(f"--ages must be between 1 and {span + 1} (distinct ages in {MIN_SWEEP_AGE}..{MAX_SWEEP_AGE}), "
-                     f"got {count}; use --age-list for other ages")
+        raise UsageError(f"--ages must be between 1 and {span + 1} (distinct ages in "
+                         f"{MIN_SWEEP_AGE}..{MAX_SWEEP_AGE}), got {count}; use --age-list for other ages")
     if count == 1:
         return [MAX_SWEEP_AGE]
     return sorted({round(MIN_SWEEP_AGE + i * span / (count - 1)) for i in range(count)})
@@ -113,314 +108,138 @@ def spread_ages(count: int) -> list[int]:
 def _parse_list(value: str, allowed: Sequence[str], option: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
-        raise _usage(f"{option} is empty; choose from {', '.join(allowed)}")
+        raise UsageError(f"{option} is empty; choose from {', '.join(allowed)}")
     unknown = [v for v in items if v not in allowed]
     if unknown:
-        raise _usage(f"{option}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+        raise UsageError(f"{option}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
     return list(dict.fromkeys(items))
+
+
+def _parse_ages(args: argparse.Namespace) -> list[int]:
+    from ..method.prompts import check_age
+
+    if args.age_list is not None and args.ages is not None:
+        raise UsageError("give either --ages (a count) or --age-list (explicit ages), not both")
+    if args.age_list is None:
+        return spread_ages(DEFAULT_AGES if args.ages is None else args.ages)
+    try:
+        raw = [int(v) for v in args.age_list.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--age-list must be comma-separated whole ages, got {args.age_list!r}") from None
+    if not raw:
+        raise UsageError("--age-list is empty")
+    try:
+        return list(dict.fromkeys(check_age(a, "--age-list age") for a in raw))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def parse_options(args: argparse.Namespace) -> BenchOptions:
     """Check every bench option before anything is loaded; raise ``UsageError`` with the fix."""
-    from ..runtime import MEMORY_MODES
     from ..method.prompts import check_age, check_gender
+    from ..runtime import MEMORY_MODES
 
     for name in ("repeats", "batch_size"):
         if getattr(args, name) < 1:
-            raise _usage(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
-        raise _usage(f"--warmup must be >= 0, got {args.warmup}")
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads is not None and args.threads < 1:
-        raise _usage(f"--threads must be >= 1, got {args.threads}")
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.resolution is not None and (args.resolution < 64 or args.resolution % 64):
+        raise UsageError(f"--resolution must be a multiple of 64 and at least 64, got {args.resolution}")
     if args.full_size and (args.models is not None or args.base is not None):
-        raise _usage("--full-size builds random weights; it cannot be combined with --models or --base")
+        raise UsageError("--full-size builds random weights; it cannot be combined with --models or --base")
     if args.base is not None and args.models is None:
-        raise _usage("--base needs --models (the folder with the other released files)")
-    if args.age_list is not None and args.ages is not None:
-        raise _usage("give either --ages (a count) or --age-list (explicit ages), not both")
-    if args.age_list is not None:
-        try:
-            raw = [int(v) for v in args.age_list.split(",") if v.strip()]
-        except ValueError:
-            raise _usage(f"--age-list must be comma-separated whole ages, got {args.age_list!r}") from None
-        if not raw:
-            raise _usage("--age-list is empty")
-        try:
-            ages = list(dict.fromkeys(check_age(a, "--age-list age") for a in raw))
-        except ValueError as exc:
-            raise _usage(str(exc)) from None
-    else:
-        ages = spread_ages(DEFAULT_AGES if args.ages is None else args.ages)
+        raise UsageError("--base needs --models (the folder with the other released files)")
+    ages = _parse_ages(args)
     try:
         source_age = check_age(args.source_age, "--source-age")
         gender = check_gender(args.gender, "--gender")
     except ValueError as exc:
-        raise _usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
     variants = _parse_list(args.variants, VARIANTS, "--variants")
     memory = _parse_list(args.memory, MEMORY_MODES, "--memory")
-    if "sequential" in variants and "default" not in memory:
-        raise _usage("the sequential variant runs plain diffusers calls, only in the default memory mode; "
-                     "add default to --memory or drop sequential from --variants")
+    if "reference" in variants and "default" not in memory:
+        raise UsageError("the reference variant runs plain diffusers calls, only in the default memory mode; "
+                         "add default to --memory or drop reference from --variants")
     if args.json_path not in (None, "-"):
-        if not Path(args.json_path).parent.exists():
-            raise _usage(f"--json: the folder {Path(args.json_path).parent} does not exist")
-        check_output(args.json_path, overwrite=args.overwrite, option="--json")
-    return BenchOptions(ages=ages, source_age=source_age, gender=gender, seed=args.seed, batch_size=args.batch_size,
-                        repeats=args.repeats, warmup=args.warmup, variants=variants, memory=memory)
-
-
-# ----------------------------------------------------------------------------- full-size random weights
-
-
-# ----------------------------------------------------------------------------- the two ways
-
-
-def reference_loop(model, face, ages: Sequence[int], source_age: int, gender: str, seed: int,
-                   id_strength: float | None = None):
-    """The reference inference's per-age loop on plain diffusers calls; returns (final, aged),
-    each [N,3,H,W] float32 on the CPU."""
-    import torch
-
-    from ..pipeline import FirstPassOutput
-    from ..method.prompts import aging_prompt
-    from ..method.lora import lora_enabled
-    from ..method.plan import second_pass_seed
-
-    pipe = model.pipe
-    steps = model.settings.infer_step
-    id_strength = model.settings.id_strength if id_strength is None else id_strength
-    face = model.prepare_faces(face)
-    finals, ageds = [], []
-    for age in ages:
-        prompt = aging_prompt(age, gender)
-        strength = model.strength_for(source_age, age)
-        with lora_enabled(pipe.unet, False):
-            aged = pipe(prompt=prompt, image=face, strength=strength, num_inference_steps=steps, guidance_scale=1.0,
-                        generator=torch.Generator("cpu").manual_seed(seed), output_type="pt").images
-            _, _, pooled, _ = pipe.encode_prompt(prompt, device=model.device, num_images_per_prompt=1,
-                                                 do_classifier_free_guidance=False)
-        model.clip.clear_cache()
-        first = FirstPassOutput(aged=aged.float().cpu(), pooled_embeds=pooled,
-                                plan=model.plan(1, age, source_age, gender, seed, strength))
-        conditioning = model.identity_embeddings(face, first)
-        with lora_enabled(pipe.unet, True):
-            final = pipe(prompt_embeds=conditioning, pooled_prompt_embeds=pooled.to(conditioning.dtype), image=aged,
-                         strength=id_strength, num_inference_steps=steps, guidance_scale=1.0,
-                         generator=torch.Generator("cpu").manual_seed(second_pass_seed(seed)), output_type="pt").images
-        finals.append(final.float().cpu())
-        ageds.append(aged.float().cpu())
-    return torch.cat(finals), torch.cat(ageds)
-
-
-# ----------------------------------------------------------------------------- measuring
-
-
-class CallCounter:
-    """Counts forward calls and input rows of the expensive modules while active."""
-
-    def __init__(self, model) -> None:
-        pipe = model.pipe
-        self.modules = {"unet": pipe.unet, "vae_encoder": pipe.vae.encoder, "vae_decoder": pipe.vae.decoder,
-                        "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2,
-                        "clip_vision": model.clip.model.vision_model, "clip_text": model.clip.model.text_model}
-        self.calls = {name: 0 for name in self.modules}
-        self.rows = {name: 0 for name in self.modules}
-        self._handles: list = []
-
-    def __enter__(self) -> "CallCounter":
-        for name, module in self.modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._hook(name), with_kwargs=True))
-        return self
-
-    def _hook(self, name: str):
-        import torch
-
-        def count(module, args, kwargs):
-            self.calls[name] += 1
-            first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
-            self.rows[name] += int(first.shape[0]) if first is not None and first.ndim else 0
-
-        return count
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-
-@dataclass
-class VariantResult:
-    name: str
-    variant: str
-    memory: str
-    images: int
-    times_s: list[float] = field(default_factory=list)
-    peaks_mib: list[float] = field(default_factory=list)
-    peak_kind: str = ""
-    calls: dict[str, int] = field(default_factory=dict)
-    rows: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def seconds(self) -> float:
-        return statistics.median(self.times_s)
-
-    @property
-    def per_image_s(self) -> float:
-        return self.seconds / self.images
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(seconds_median=self.seconds, per_image_s_median=self.per_image_s,
-                    peak_mib=max(self.peaks_mib) if self.peaks_mib else None)
-        return data
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-class Bench:
-    def __init__(self, model, face, options: BenchOptions) -> None:
-        self.model = model
-        self.face = face
-        self.o = options
-        self.device = model.device
-        self.outputs: dict[str, tuple] = {}
-
-    def run_variant(self, variant: str):
-        o = self.o
-        if variant == "sequential":
-            return reference_loop(self.model, self.face, o.ages, o.source_age, o.gender, o.seed)
-        ages = o.ages if variant == "sweep" else o.ages[-1:]
-        result = self.model(self.face, ages, o.source_age, o.gender, seed=o.seed, batch_size=o.batch_size)
-        return result.images, result.aged
-
-    def measure(self, result: VariantResult, timed: bool) -> None:
-        from ..runtime.diagnostics import peak_memory_mib, reset_peak_memory
-
-        self.model.clip.clear_cache()  # every run starts cold: no age texts from an earlier run
-        reset_peak_memory(self.device)
-        with CallCounter(self.model) as counter:
-            _sync(self.device)
-            start = time.perf_counter()
-            outputs = self.run_variant(result.variant)
-            _sync(self.device)
-            elapsed = time.perf_counter() - start
-        peak, kind = peak_memory_mib(self.device)
-        if timed:
-            result.times_s.append(elapsed)
-            result.peaks_mib.append(peak)
-            result.peak_kind = kind
-            result.calls, result.rows = dict(counter.calls), dict(counter.rows)
-            self.outputs[result.name] = outputs
-        logger.info("%s: %.3f s%s", result.name, elapsed, "" if timed else " (warm-up)")
-
-    def phase(self, variants: Sequence[str], memory: str, progress) -> list[VariantResult]:
-        o = self.o
-        results = [VariantResult(name=v if memory == "default" else f"{v}+{memory}", variant=v, memory=memory,
-                                 images=len(o.ages) if v in ("sequential", "sweep") else 1) for v in variants]
-        for _ in range(o.warmup):
-            for result in results:
-                self.measure(result, timed=False)
-        for repeat in range(o.repeats):
-            order = results if repeat % 2 == 0 else results[::-1]  # alternate to cancel drift
-            for result in order:
-                self.measure(result, timed=True)
-            progress(f"repeat {repeat + 1}/{o.repeats} [{memory}]: " +
-                     ", ".join(f"{r.name} {r.times_s[-1]:.3f} s" for r in results))
-        return results
-
-    def run(self, progress) -> list[VariantResult]:
-        from ..runtime.offload import set_memory_mode
-
-        results = []
-        for memory in self.o.memory:
-            variants = [v for v in self.o.variants if memory == "default" or v != "sequential"]
-            if not variants:
-                continue
-            if memory != "default":
-                set_memory_mode(self.model, memory, self.device)
-            try:
-                results += self.phase(variants, memory, progress)
-            finally:
-                if memory != "default":
-                    set_memory_mode(self.model, "default", self.device)
-                    self.model.release_memory()
-        return results
-
-    def differences(self) -> dict[str, dict[str, float | None]]:
-        """Max |difference| between variants' images (same seed: they should agree to fp precision):
-        sweep vs sequential, single vs the sweep's (or sequential's) last age, and each memory mode
-        against the default mode of the same variant."""
-        outputs = self.outputs
-        pairs = []
-        if "sweep" in outputs and "sequential" in outputs:
-            pairs.append(("sweep_vs_sequential", outputs["sweep"], outputs["sequential"]))
-        reference = "sweep" if "sweep" in outputs else "sequential" if "sequential" in outputs else None
-        if "single" in outputs and reference is not None:
-            pairs.append((f"single_vs_{reference}", outputs["single"], tuple(t[-1:] for t in outputs[reference])))
-        for name, value in outputs.items():
-            base = name.split("+")[0]
-            if "+" in name and base in outputs:
-                pairs.append((f"{name}_vs_{base}", value, outputs[base]))
-        return {label: {"final": _finite_or_none(float((a[0] - b[0]).abs().max())),
-                        "aged": _finite_or_none(float((a[1] - b[1]).abs().max()))}
-                for label, a, b in pairs}
+        path = Path(args.json_path)
+        if path.is_dir():
+            raise UsageError(f"--json {path} is a folder; give a file name such as {path / 'bench.json'}")
+        if not path.parent.exists():
+            raise UsageError(f"--json: the folder {path.parent} does not exist")
+    run = RunSettings(ages=ages, source_age=source_age, gender=gender, seed=args.seed, batch_size=args.batch_size,
+                      repeats=args.repeats, warmup=args.warmup, profile=args.profile)
+    return BenchOptions(run=run, variants=variants, memory=memory, floor=args.floor and "default" in memory)
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def make_report(results: Sequence[VariantResult], context: dict[str, Any], diffs: dict) -> dict[str, Any]:
+def make_report(results: Sequence[VariantResult], context: dict[str, Any], diffs: dict,
+                floor: dict[str, Any] | None) -> dict[str, Any]:
     by_name = {r.name: r for r in results}
-    speedup = None
-    if "sequential" in by_name and "sweep" in by_name:
-        speedup = by_name["sequential"].per_image_s / by_name["sweep"].per_image_s
+    sweep = by_name.get("sweep")
+    ratios = {f"{name}_over_sweep": by_name[name].per_image_s / sweep.per_image_s
+              for name in ("per-age", "reference") if sweep is not None and name in by_name}
     peaks = [p for r in results for p in r.peaks_mib]
     context = dict(context)
     if context.get("device", "").startswith("cpu"):
         context["process_peak_rss_mib"] = max([context.get("process_peak_rss_mib") or 0.0, *peaks])
-    return {"version": JSON_VERSION, **context, "speedup_sequential_over_sweep": speedup,
+    return {"version": JSON_VERSION, **context, "per_image_ratios": ratios, "floor": floor,
             "variants": {r.name: r.to_json() for r in results}, "max_abs_diff": diffs}
+
+
+def _format_profile(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, v in report["variants"].items():
+        profile = v.get("profile_s")
+        if profile:
+            total = v["seconds_median"] or 1.0
+            parts = sorted(profile.items(), key=lambda kv: -kv[1])
+            lines.append(f"profile {name}: " + ", ".join(f"{k} {100 * s / total:.0f}%" for k, s in parts if s > 0))
+    return lines
 
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"cradle2cane bench: {report['models']} | {report['device_name']} | {report['dtype']} | "
-        f"torch threads {report['torch_threads']}",
+        f"{report['resolution']} px | torch threads {report['torch_threads']} | time: {report['clock']}",
         f"{len(report['ages'])} target ages {report['ages'][0]}..{report['ages'][-1]}, source {report['source_age']} "
-        f"{report['gender']}, batch {report['batch_size']}, {report['repeats']} repeats "
-        f"(+{report['warmup']} warm-up), medians",
+        f"{report['gender']}, batch cap {report['batch_size']} (policy: {report['batch_sizes']}), "
+        f"{report['repeats']} repeats (+{report['warmup']} warm-up), medians",
         "",
         f"{'variant':<22}{'images':>7}{'s/image':>11}{'s/run':>10}{'UNet calls':>12}{'peak MiB':>11}",
     ]
     for name, v in report["variants"].items():
         lines.append(f"{name:<22}{v['images']:>7}{v['per_image_s_median']:>11.4f}{v['seconds_median']:>10.3f}"
                      f"{v['calls'].get('unet', 0):>12}{(v['peak_mib'] or 0):>11.0f}")
+    floor = report["floor"]
+    if floor is not None:
+        lines.append(f"{'floor':<22}{'':>7}{floor['per_image_s']:>11.4f}{floor['seconds']:>10.3f}")
     kind = next(iter(report["variants"].values()), {}).get("peak_kind", "")
     lines.append(f"(peak: {kind})")
-    if report["speedup_sequential_over_sweep"] is not None:
-        lines.append(f"speed-up, sequential / sweep per image: {report['speedup_sequential_over_sweep']:.2f}x")
+    for label, ratio in report["per_image_ratios"].items():
+        lines.append(f"per image, {label.replace('_over_', ' / ')}: {ratio:.2f}x")
+    if floor is not None and floor["sweep_efficiency"] is not None:
+        lines.append(f"sweep efficiency (floor / sweep): {100 * floor['sweep_efficiency']:.0f}%")
+    lines += _format_profile(report)
     for label, d in report["max_abs_diff"].items():
         fmt = lambda x: "non-finite" if x is None else f"{x:.2e}"  # noqa: E731
         lines.append(f"max |diff| {label}: final {fmt(d['final'])}, aged {fmt(d['aged'])}")
     return "\n".join(lines)
 
 
-def _write_json(report: dict[str, Any], target: str, overwrite: bool) -> None:
-    text = json.dumps(report, indent=2, allow_nan=False)
+def _write_json(report: dict[str, Any], target: str) -> None:
+    from ..files.atomic import write_text_atomic
+
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     if target == "-":
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(text)
         sys.stdout.flush()
-        return
-    write_text_atomic(target, text + "\n", overwrite=overwrite, option="--overwrite")
+    else:
+        write_text_atomic(target, text)
 
 
 # ----------------------------------------------------------------------------- command
@@ -439,7 +258,20 @@ def _models_folder(args: argparse.Namespace) -> Iterator[tuple[Path | None, str]
             yield write_tiny_models(Path(tmp) / "models"), "tiny set (temporary)"
 
 
+def _device(args: argparse.Namespace):
+    import torch
+
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.full_size and device.type != "cuda" and args.device is None:
+        raise UsageError("--full-size needs a GPU (about 9 GB of weights in fp16) and none was found; pass "
+                         "--device cpu to force it anyway (slow; use --dtype bf16, about 9 GB of RAM)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available in this torch build")
+    return device
+
+
 def _device_name(device) -> str:
+    import os
     import platform
 
     import torch
@@ -449,28 +281,42 @@ def _device_name(device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores)"
 
 
+def _prepare(model, args: argparse.Namespace):
+    """Apply --resolution and the speed options; returns the face to age ([1,3,R,R], 8-bit values)."""
+    import torch
+
+    from ..runtime.acceleration import compile_unet, set_channels_last
+
+    if args.resolution is not None:
+        model.settings = dataclasses.replace(model.settings, resolution=args.resolution)
+    if args.channels_last:
+        set_channels_last(model)
+    if args.compile_mode is not None:
+        compile_unet(model, args.compile_mode, backend=args.compile_backend)
+    size = model.resolution
+    face = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(args.seed))
+    return (face * 255).round() / 255  # the PIL input of the reference loop is then the same face
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import diffusers
     import torch
 
     from ..runtime import diagnostics as M
+    from ..runtime.batching import batch_sizes
     from ..runtime.precision import dtype_name, parse_dtype
     from ..testing.full_size import build_full_size_model
+    from .bench_floor import floor_report, measure_floor
 
     options = parse_options(args)
     if not args.debug:  # the loaders' per-file progress bars would bury the table
-        import diffusers
         import transformers
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.full_size and device.type != "cuda" and args.device is None:
-        raise _usage("--full-size needs a GPU (about 9 GB of weights in fp16) and none was found; pass "
-                     "--device cpu to force it anyway (very slow, about 20 GB of RAM in fp32)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise _usage(f"--device {args.device}: CUDA is not available in this torch build")
+    device = _device(args)
     table_out = sys.stderr if args.json_path == "-" else sys.stdout
 
     def progress(line: str) -> None:
@@ -485,23 +331,35 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             model = load_model(args)
         load_s = time.perf_counter() - start
         peak_after_load = M.process_peak_rss_mib()
-        face = torch.rand(1, 3, model.resolution, model.resolution, generator=torch.Generator().manual_seed(args.seed))
-        bench = Bench(model, face, options)
-        results = bench.run(progress)
-        import diffusers
+        face = _prepare(model, args)
+        run = options.run
+        policy = batch_sizes(model.device, run.batch_size, model.pipe.vae, model.resolution)
+        bench = Bench(model, face, run)
+        results = bench.run(options.variants, options.memory, progress)
+        floor = None
+        if options.floor:
+            costs = measure_floor(model, run.ages, run.source_age, run.gender, run.batch_size, run.repeats,
+                                  bench.clock, progress=progress,
+                                  policy={"unet_pass1": policy.unet, "unet_pass2": policy.unet,
+                                          "vae_encoder": policy.vae_encode, "vae_decoder": policy.vae_decode})
+            sweep = next((r for r in results if r.name == "sweep"), None)
+            floor = floor_report(costs, len(run.ages), sweep.seconds if sweep else None)
+        from ..runtime.acceleration import is_channels_last, unet_compile_mode
 
         context = {
             "models": label, "device": str(model.device), "device_name": _device_name(model.device),
             "dtype": dtype_name(model.dtype), "component_dtypes": M.component_dtypes(model),
             "parameters": M.parameter_counts(model), "attention": M.attention_report(model),
-            "resolution": model.resolution, "ages": options.ages, "source_age": options.source_age,
-            "gender": options.gender, "seed": options.seed, "batch_size": options.batch_size,
-            "repeats": options.repeats, "warmup": options.warmup, "torch_threads": torch.get_num_threads(),
+            "resolution": model.resolution, "ages": run.ages, "source_age": run.source_age,
+            "gender": run.gender, "seed": run.seed, "batch_size": run.batch_size,
+            "batch_sizes": dataclasses.asdict(policy), "repeats": run.repeats, "warmup": run.warmup,
+            "clock": bench.clock.kind, "torch_threads": torch.get_num_threads(),
+            "compile": unet_compile_mode(model), "channels_last": is_channels_last(model.pipe.unet),
             "torch": torch.__version__, "diffusers": diffusers.__version__, "load_s": load_s,
             "process_peak_rss_mib": peak_after_load,
         }
-        report = make_report(results, context, bench.differences())
+        report = make_report(results, context, bench.differences(), floor)
     print(format_table(report), file=table_out, flush=True)
     if args.json_path is not None:
-        _write_json(report, args.json_path, args.overwrite)
+        _write_json(report, args.json_path)
     return 0
