@@ -30,6 +30,7 @@ from .method.prompts import aging_prompt, encode_prompts
 from .method.reference import quantise_8bit
 from .method.seeds import check_seed
 from .method.sampler import EncodedImages, Img2ImgSampler, Progress, StepCallback
+from .runtime.batching import vae_batch_size
 from .runtime.precision import resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -384,12 +385,14 @@ class Cradle2Cane:
 
     @staticmethod
     def _encode(sampler: Img2ImgSampler, images: torch.Tensor, batch_size: int) -> EncodedImages:
-        """VAE posteriors in chunks of ``batch_size``: bounded activation memory for long sweeps."""
-        return EncodedImages.cat([sampler.encode(images[i:i + batch_size])
-                                  for i in range(0, images.shape[0], batch_size)])
+        """VAE posteriors in chunks of at most ``batch_size`` (fewer on the CPU: ``runtime.batching``)."""
+        rows = vae_batch_size(sampler.vae, sampler.device, batch_size, *images.shape[-2:])
+        return EncodedImages.cat([sampler.encode(images[i:i + rows]) for i in range(0, images.shape[0], rows)])
 
     @staticmethod
     def _decode(sampler: Img2ImgSampler, latents: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
         check_finite(latents, what)
-        images = torch.cat([sampler.decode(latents[i:i + batch_size]) for i in range(0, latents.shape[0], batch_size)])
+        rows = vae_batch_size(sampler.vae, sampler.device, batch_size,
+                              *(side * sampler.vae_scale_factor for side in latents.shape[-2:]))
+        images = torch.cat([sampler.decode(latents[i:i + rows]) for i in range(0, latents.shape[0], rows)])
         return check_finite(images, f"{what}, VAE decode")

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from cradle2cane.runtime import acceleration as A
+from cradle2cane.runtime import batching as B
 from cradle2cane.runtime import diagnostics as D
 from cradle2cane.runtime import offload as M
 from cradle2cane.runtime import precision as P
 from cradle2cane.tools.bench import spread_ages
+from cradle2cane.tools.bench_floor import probe_batches, required_rows
 from cradle2cane.tools.cli import main
-from cradle2cane.method.adani import unet_evaluations
 
 FACE_SEED = 5
 
@@ -26,40 +30,65 @@ def _bench(*argv: str) -> int:
 # ----------------------------------------------------------------------------- the command
 
 
-def test_bench_writes_a_valid_json_report(tiny_models, tmp_path, capsys):
+def test_bench_writes_a_valid_json_report(tiny_models, tiny_model, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert _bench("--models", str(tiny_models), "--ages", "3", "--json", str(out)) == 0
+    assert _bench("--models", str(tiny_models), "--ages", "3", "--profile", "--json", str(out)) == 0
     table = capsys.readouterr().out
-    assert "sequential" in table and "sweep" in table and "speed-up" in table
+    assert "per-age / sweep" in table and "reference / sweep" in table and "sweep efficiency" in table
 
     report = json.loads(out.read_text(encoding="utf-8"))
-    assert report["version"] == 1
+    assert report["version"] == 2
     assert report["ages"] == spread_ages(3) == [1, 40, 80]
     assert report["device"] == "cpu" and report["dtype"] == "fp32" and report["resolution"] == 128
-    assert report["torch_threads"] == torch.get_num_threads()
-    assert set(report["variants"]) == {"sequential", "sweep"}
+    assert report["clock"] == "process_cpu" and report["torch_threads"] == torch.get_num_threads()
+    assert report["compile"] is None and report["channels_last"] is False
+    assert report["batch_sizes"] == {"unet": 8, "vae": 8}  # 128 px: the tiny VAE's batch fits the CPU rule
+    assert list(report["variants"]) == ["sweep", "per-age", "reference"]
     for name, v in report["variants"].items():
         assert v["images"] == 3 and len(v["times_s"]) == 1 and v["seconds_median"] > 0
         assert v["per_image_s_median"] == pytest.approx(v["seconds_median"] / 3)
         assert v["peak_mib"] > 0 and v["peak_kind"].startswith("process_peak_rss")
+        profile = v["profile_s"]  # every module plus the rest adds up to the run (one repeat)
+        assert set(profile) >= {"unet", "vae_encoder", "vae_decoder", "text_encoder", "arcface", "other"}
+        assert sum(profile.values()) == pytest.approx(v["seconds_median"])
+        assert profile["unet"] > 0 and profile["vae_decoder"] > 0
     assert report["process_peak_rss_mib"] >= max(v["peak_mib"] for v in report["variants"].values())
-    seq, sweep = report["variants"]["sequential"], report["variants"]["sweep"]
-    speedup = seq["per_image_s_median"] / sweep["per_image_s_median"]
-    assert report["speedup_sequential_over_sweep"] == pytest.approx(speedup)
+    sweep, per_age, reference = (report["variants"][k] for k in ("sweep", "per-age", "reference"))
+    ratios = report["per_image_ratios"]
+    assert ratios["per-age_over_sweep"] == pytest.approx(per_age["per_image_s_median"] / sweep["per_image_s_median"])
+    assert ratios["reference_over_sweep"] == pytest.approx(reference["per_image_s_median"] /
+                                                           sweep["per_image_s_median"])
 
-    # Same work in the UNet, fewer calls; the reference re-encodes what the sweep shares.
-    steps = 4
-    rows = sum(unet_evaluations(0.25 if abs(a - 30) <= 10 else 0.5 if abs(a - 30) <= 30 else 0.75, steps) + 1
-               for a in report["ages"])
-    assert seq["rows"]["unet"] == sweep["rows"]["unet"] == rows
-    assert seq["calls"]["unet"] == rows and sweep["calls"]["unet"] < rows
-    assert seq["rows"]["vae_encoder"] == 2 * 3 and sweep["calls"]["vae_encoder"] == 2
-    assert seq["rows"]["text_encoder"] == 2 * 3 and sweep["rows"]["text_encoder"] == 3
-    assert sweep["rows"]["clip_vision"] == 1 and seq["rows"]["clip_vision"] == 3
+    # The same UNet rows every way; the sweep shares what the loops repeat.
+    rows = required_rows(tiny_model, report["ages"], 30)  # the same files: the same settings
+    unet_rows = rows["unet_pass1"] + rows["unet_pass2"]
+    for v in (sweep, per_age, reference):
+        assert v["rows"]["unet"] == unet_rows
+    assert reference["calls"]["unet"] == per_age["calls"]["unet"] == unet_rows > sweep["calls"]["unet"]
+    # The reference encodes each prompt once (its pooled embedding comes from a step callback),
+    # VAE-encodes the input once per age and runs CLIP's image tower once per age.
+    assert reference["rows"]["text_encoder"] == reference["rows"]["text_encoder_2"] == 3
+    assert reference["rows"]["vae_encoder"] == 2 * 3 and sweep["rows"]["vae_encoder"] == 1 + 3
+    assert reference["rows"]["clip_vision"] == 3 and sweep["rows"]["clip_vision"] == 1
+    assert sweep["rows"]["vae_decoder"] == reference["rows"]["vae_decoder"] == 2 * 3
+    assert sweep["rows"]["arcface"] == rows["arcface"]
 
-    # Plain diffusers calls and the batched sweep give the same images.
-    diff = report["max_abs_diff"]["sweep_vs_sequential"]
-    assert diff["final"] < 1e-3 and diff["aged"] < 1e-3
+    floor = report["floor"]
+    components = floor["components"]
+    assert {k: c["rows"] for k, c in components.items()} == rows
+    for c in components.values():
+        assert c["per_row_s"][str(c["best_batch"])] == min(c["per_row_s"].values())
+        assert c["floor_s"] == pytest.approx(c["rows"] * min(c["per_row_s"].values()))
+    assert components["unet_pass1"]["policy_batch"] == 8 and components["vae_decoder"]["policy_batch"] == 8
+    assert floor["seconds"] == pytest.approx(sum(c["floor_s"] for c in components.values()))
+    assert floor["sweep_efficiency"] == pytest.approx(floor["seconds"] / sweep["seconds_median"])
+
+    diffs = report["max_abs_diff"]
+    assert diffs["per-age_vs_sweep"]["final"] < 1e-4  # same computation, batched: float rounding only
+    # The reference hands 8-bit PIL images on: its aged image is the sweep's rounded to 1/255 (at
+    # most 0.5/255 off), and pass 2 then starts from that rounded image.
+    assert diffs["reference_vs_sweep"]["aged"] <= 0.5 / 255 + 1e-4
+    assert diffs["reference_vs_sweep"]["final"] < 1e-2
     assert report["attention"]["all_sdpa"] is True
     assert report["component_dtypes"]["unet"] == "fp32"
 
@@ -67,15 +96,16 @@ def test_bench_writes_a_valid_json_report(tiny_models, tmp_path, capsys):
 def test_bench_default_tiny_set_offload_and_json_on_stdout(capsys):
     """No --models: the tiny set goes to a temporary folder; '--json -' keeps stdout pure JSON."""
     assert _bench("--age-list", "20,70", "--variants", "sweep,single", "--memory", "default,offload,low-vram",
-                  "--json", "-") == 0
+                  "--no-floor", "--json", "-") == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out)
-    assert "speed-up" not in captured.out and "sweep+offload" in captured.err
+    assert "per image" not in captured.out and "sweep+offload" in captured.err
     assert report["models"].startswith("tiny")
-    assert report["ages"] == [20, 70] and report["speedup_sequential_over_sweep"] is None
+    assert report["ages"] == [20, 70] and report["per_image_ratios"] == {} and report["floor"] is None
     assert list(report["variants"]) == ["sweep", "single", "sweep+offload", "single+offload",
                                         "sweep+low-vram", "single+low-vram"]
     assert report["variants"]["single"]["images"] == 1
+    assert report["variants"]["sweep"]["profile_s"] is None
     diffs = report["max_abs_diff"]
     assert diffs["sweep+offload_vs_sweep"]["final"] == 0.0  # offload on the CPU changes nothing
     assert diffs["sweep+low-vram_vs_sweep"]["final"] < 1e-4  # VAE slicing: float rounding only
@@ -88,6 +118,7 @@ def test_bench_default_tiny_set_offload_and_json_on_stdout(capsys):
     (["--warmup", "-1"], "--warmup must be >= 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--resolution", "100"], "multiple of 64"),
     (["--ages", "0"], "--ages must be between 1 and 80"),
     (["--ages", "81"], "--ages must be between 1 and 80"),
     (["--ages", "3", "--age-list", "10"], "either --ages"),
@@ -95,7 +126,7 @@ def test_bench_default_tiny_set_offload_and_json_on_stdout(capsys):
     (["--age-list", "120"], "between 0 and 100"),
     (["--source-age", "-3"], "--source-age"),
     (["--gender", "robot"], "--gender must be 'male' or 'female'"),
-    (["--variants", "fast"], "choose from sequential, sweep, single"),
+    (["--variants", "fast"], "choose from sweep, per-age, reference, single"),
     (["--memory", "offload"], "add default to --memory"),
     (["--memory", "tiny"], "choose from default, offload, low-vram"),
     (["--full-size", "--models", "somewhere"], "cannot be combined with --models"),
@@ -119,10 +150,11 @@ def test_full_size_without_a_gpu_says_how_to_force_it(capsys):
     assert "--device cpu" in capsys.readouterr().err
 
 
-def test_bad_dtype_is_an_argparse_error():
-    with pytest.raises(SystemExit) as exc:
-        main(["bench", "--dtype", "fp64"])
-    assert exc.value.code == 2
+def test_bad_dtype_or_compile_mode_is_an_argparse_error():
+    for argv in (["--dtype", "fp64"], ["--compile", "fastest"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", *argv])
+        assert exc.value.code == 2
 
 
 def test_spread_ages():
@@ -130,6 +162,130 @@ def test_spread_ages():
     assert spread_ages(80) == list(range(1, 81))
     ages = spread_ages(20)
     assert len(ages) == 20 and ages[0] == 1 and ages[-1] == 80 and ages == sorted(set(ages))
+
+
+def test_probe_batches():
+    assert probe_batches(1, 8) == [1]
+    assert probe_batches(21, 8) == [1, 2, 4, 8]
+    assert probe_batches(3, 8) == [1, 2]
+    assert probe_batches(40, 4) == [1, 2, 4]
+
+
+# ----------------------------------------------------------------------------- batch policy
+
+
+def test_batch_policy_on_the_cpu_sizes_the_vae_batch_by_its_activation(tiny_model):
+    vae = tiny_model.pipe.vae  # 8 channels at full resolution, fp32: 0.5 MiB per 128 px image
+    assert B.vae_activation_bytes(vae, 128, 128) == 8 * 128 * 128 * 4
+    assert B.vae_batch_size(vae, "cpu", 8, 128, 128) == 8
+    assert B.vae_batch_size(vae, "cpu", 8, 256, 256) == 4
+    assert B.vae_batch_size(vae, "cpu", 8, 512, 512) == 1  # where a batch cost 1.8x per image
+    assert B.vae_batch_size(vae, "cpu", 3, 128, 128) == 3  # never above the user's cap
+    assert B.vae_batch_size(vae, "cuda", 8, 512, 512) == 8  # GPUs batch up to the cap
+    assert B.batch_sizes(vae, "cpu", 8, 512) == B.BatchSizes(unet=8, vae=1)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        B.vae_batch_size(vae, "cpu", 0, 128, 128)
+
+
+def test_the_facade_follows_the_batch_policy(tiny_models, monkeypatch):
+    """With a budget of two images the sweep's VAE calls take two rows; the images do not change."""
+    from cradle2cane import Cradle2Cane
+
+    model = Cradle2Cane.from_pretrained(tiny_models, device="cpu", dtype=torch.float32)
+    face = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(FACE_SEED))
+    ages = [10, 33, 50, 75, 80]
+    before = model(face, ages, 30, "male", seed=3)
+    monkeypatch.setattr(B, "CPU_VAE_ACTIVATION_BYTES", 2 * B.vae_activation_bytes(model.pipe.vae, 128, 128))
+    meter = D.ModuleMeter({"encoder": model.pipe.vae.encoder, "decoder": model.pipe.vae.decoder})
+    with meter:
+        after = model(face, ages, 30, "male", seed=3)
+    assert meter.rows == {"encoder": 1 + 5, "decoder": 2 * 5}
+    assert meter.calls == {"encoder": 1 + 3, "decoder": 2 * 3}  # 5 images in calls of 2, 2, 1
+    torch.testing.assert_close(after.images, before.images, atol=1e-4, rtol=0)  # batched convs: rounding
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def test_clock_and_module_meter():
+    clock = D.Clock(torch.device("cpu"))
+    assert clock.kind == "process_cpu"
+    seconds, value = clock.time(lambda: sum(i * i for i in range(20000)))
+    assert seconds > 0 and value == sum(i * i for i in range(20000))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    with D.ModuleMeter({"first": net[0], "span": (net[0], net[2])}, clock) as meter:
+        net(torch.ones(3, 4))
+        net(torch.ones(5, 4))
+    assert meter.calls == {"first": 2, "span": 2} and meter.rows == {"first": 8, "span": 8}
+    assert meter.seconds["span"] >= meter.seconds["first"] > 0
+    net(torch.ones(1, 4))  # the hooks are gone
+    assert meter.calls["first"] == 2
+
+
+# ----------------------------------------------------------------------------- GPU speed options
+
+
+def test_compile_unet_keeps_images_and_hooks_and_undoes(fresh_model):
+    """The mechanics on the CPU with torch.compile's eager backend (no compiler needed)."""
+    face = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(FACE_SEED))
+    before = fresh_model(face, [10, 70], 30, "male", seed=1)
+    A.compile_unet(fresh_model, "default", backend="eager")
+    assert A.unet_compile_mode(fresh_model) == "default"
+    with D.ModuleMeter({"unet": fresh_model.pipe.unet}) as meter:  # hooks stay outside the compiled code
+        after = fresh_model(face, [10, 70], 30, "male", seed=1)
+    assert meter.calls["unet"] > 0
+    torch.testing.assert_close(after.images, before.images, atol=1e-5, rtol=0)
+    A.compile_unet(fresh_model, "reduce-overhead", backend="eager")  # recompiling replaces, never nests
+    assert A.unet_compile_mode(fresh_model) == "reduce-overhead"
+    A.compile_unet(fresh_model, None)
+    assert A.unet_compile_mode(fresh_model) is None and "forward" not in vars(fresh_model.pipe.unet)
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        A.compile_unet(fresh_model, "fastest")
+
+
+def test_channels_last_keeps_images_and_undoes(fresh_model):
+    face = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(FACE_SEED))
+    before = fresh_model(face, [60], 30, "female", seed=4)
+    A.set_channels_last(fresh_model)
+    assert all(A.is_channels_last(m) for m in (fresh_model.pipe.unet, fresh_model.pipe.vae, fresh_model.arcface))
+    after = fresh_model(face, [60], 30, "female", seed=4)
+    torch.testing.assert_close(after.images, before.images, atol=1e-4, rtol=0)  # other conv kernels: rounding
+    A.set_channels_last(fresh_model, False)
+    assert not A.is_channels_last(fresh_model.pipe.unet)
+
+
+def test_the_bench_applies_resolution_and_the_speed_options(capsys):
+    assert _bench("--age-list", "40", "--variants", "single", "--no-floor", "--resolution", "192",
+                  "--channels-last", "--compile", "default", "--compile-backend", "eager", "--json", "-") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["resolution"] == 192 and report["batch_sizes"] == {"unet": 8, "vae": 7}  # 1.125 MiB each
+    assert report["compile"] == "default" and report["channels_last"] is True
+
+
+# ----------------------------------------------------------------------------- the GPU script
+
+
+def test_gpu_script_dry_run_writes_one_json(tmp_path):
+    """scripts/gpu_bench.sh on the CPU with the tiny set: every step runs and lands in one JSON."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_bench.sh"
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "GPU_BENCH_DRY_RUN": "1"}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert result["dry_run"] is True
+    assert set(result["steps"]) == {"eager", "offload", "compiled", "cudagraphs", "profile"}
+    for name, step in result["steps"].items():
+        assert step["status"] == "exit 0" and step["report"]["version"] == 2, name
+    steps = {name: step["report"] for name, step in result["steps"].items()}
+    assert list(steps["eager"]["variants"]) == ["sweep", "per-age", "reference", "single"]
+    assert steps["eager"]["floor"]["sweep_efficiency"] > 0
+    assert list(steps["offload"]["variants"]) == ["sweep+offload", "single+offload"]
+    assert steps["compiled"]["compile"] == "default" and steps["compiled"]["channels_last"] is True
+    assert steps["cudagraphs"]["compile"] == "reduce-overhead"
+    assert steps["profile"]["variants"]["sweep"]["profile_s"]["unet"] > 0
+    summary = result["summary"]
+    assert summary["sweep_s_per_image"]["compiled"] > 0 and summary["single_image_s"]["eager"] > 0
+    assert summary["peak_mib"]["sweep+offload"] > 0 and summary["targets"]["met_on_this_device"] is None
 
 
 # ----------------------------------------------------------------------------- full-size shapes

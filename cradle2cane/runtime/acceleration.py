@@ -1,9 +1,9 @@
-"""Opt-in GPU speed options: ``torch.compile`` of the UNet and the channels-last memory format.
+"""Opt-in speed options: ``torch.compile`` of the UNet and the channels-last memory format.
 
 Both change speed, not results beyond float rounding, and both can be undone::
 
     from cradle2cane.runtime.acceleration import compile_unet, set_channels_last
-    set_channels_last(model)          # UNet and VAE convolutions in NHWC (tensor cores like it)
+    set_channels_last(model)          # convolution weights in NHWC (tensor cores like it)
     compile_unet(model)               # the first call of each new shape compiles (minutes)
     compile_unet(model, mode=None)    # back to eager
 
@@ -54,11 +54,13 @@ def unet_compile_mode(model: Any) -> str | None:
 
 
 def set_channels_last(model: Any, enabled: bool = True) -> Any:
-    """Store the UNet's and the VAE's 4-d weights channels-last (NHWC), or back to contiguous.
-    Inputs need no change: a convolution with channels-last weights returns channels-last
-    activations. Returns ``model``."""
+    """Store every component's 4-d (convolution) weights channels-last (NHWC), or back to
+    contiguous. Inputs need no change: a convolution with channels-last weights returns
+    channels-last activations. On GPUs tensor cores prefer it; on CPUs without native bf16/fp16
+    it is what makes half-precision convolutions usable at all (docs/performance.md). Returns
+    ``model``."""
     memory_format = torch.channels_last if enabled else torch.contiguous_format
-    for module in (model.pipe.unet, model.pipe.vae):
+    for module in model.components().values():
         module.to(memory_format=memory_format)
     return model
 

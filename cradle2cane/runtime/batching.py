@@ -25,8 +25,7 @@ class BatchSizes:
     """Rows per call for each component."""
 
     unet: int
-    vae_encode: int
-    vae_decode: int
+    vae: int
 
 
 def vae_activation_bytes(vae: torch.nn.Module, height: int, width: int) -> int:
@@ -36,13 +35,16 @@ def vae_activation_bytes(vae: torch.nn.Module, height: int, width: int) -> int:
     return channels * height * width * itemsize
 
 
-def batch_sizes(device: torch.device | str, batch_size: int, vae: torch.nn.Module, height: int,
-                width: int | None = None) -> BatchSizes:
-    """The rows per call for ``device`` under the cap ``batch_size`` (see the module docstring)."""
+def vae_batch_size(vae: torch.nn.Module, device: torch.device | str, batch_size: int, height: int,
+                   width: int) -> int:
+    """Rows per VAE encode or decode of ``height`` x ``width`` images under the cap ``batch_size``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    vae_rows = batch_size
-    if torch.device(device).type == "cpu":
-        per_image = vae_activation_bytes(vae, height, height if width is None else width)
-        vae_rows = max(1, min(batch_size, CPU_VAE_ACTIVATION_BYTES // per_image))
-    return BatchSizes(unet=batch_size, vae_encode=vae_rows, vae_decode=vae_rows)
+    if torch.device(device).type != "cpu":
+        return batch_size
+    return max(1, min(batch_size, CPU_VAE_ACTIVATION_BYTES // vae_activation_bytes(vae, height, width)))
+
+
+def batch_sizes(vae: torch.nn.Module, device: torch.device | str, batch_size: int, resolution: int) -> BatchSizes:
+    """The rows per call of each component for square images of ``resolution`` pixels."""
+    return BatchSizes(unet=batch_size, vae=vae_batch_size(vae, device, batch_size, resolution, resolution))

@@ -78,7 +78,8 @@ def register(subparsers) -> None:
     parser.add_argument("--compile-backend", default="inductor", choices=("inductor", "aot_eager", "eager"),
                         help="torch.compile backend (default inductor; eager checks the mechanics without a compiler)")
     parser.add_argument("--channels-last", action="store_true",
-                        help="UNet and VAE weights in the channels-last memory format")
+                        help="convolution weights in the channels-last memory format (GPUs; CPUs without native "
+                             "bf16/fp16 need it for --dtype bf16/fp16)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", dest="json_path", default=None,
                         help="also write the results as JSON to this file, or '-' for stdout (the table "
@@ -333,7 +334,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         peak_after_load = M.process_peak_rss_mib()
         face = _prepare(model, args)
         run = options.run
-        policy = batch_sizes(model.device, run.batch_size, model.pipe.vae, model.resolution)
+        policy = batch_sizes(model.pipe.vae, model.device, run.batch_size, model.resolution)
         bench = Bench(model, face, run)
         results = bench.run(options.variants, options.memory, progress)
         floor = None
@@ -341,7 +342,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             costs = measure_floor(model, run.ages, run.source_age, run.gender, run.batch_size, run.repeats,
                                   bench.clock, progress=progress,
                                   policy={"unet_pass1": policy.unet, "unet_pass2": policy.unet,
-                                          "vae_encoder": policy.vae_encode, "vae_decoder": policy.vae_decode})
+                                          "vae_encoder": policy.vae, "vae_decoder": policy.vae})
             sweep = next((r for r in results if r.name == "sweep"), None)
             floor = floor_report(costs, len(run.ages), sweep.seconds if sweep else None)
         from ..runtime.acceleration import is_channels_last, unet_compile_mode
