@@ -38,7 +38,10 @@ else
     "$PYTHON" -m pip install -q --timeout 15 --retries 1 -e . >"$OUT/pip.log" 2>&1 \
         || { log "pip install -e . failed (offline?); using PYTHONPATH=$PWD"; export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"; }
 fi
-if ! "$PYTHON" -c "import torch, diffusers, transformers, peft, cradle2cane.tools.bench" 2>>"$OUT/gpu_bench.log"; then
+"$PYTHON" -c "import sys, torch, diffusers, transformers, peft, cradle2cane.tools.bench
+sys.exit(0 if torch.cuda.is_available() else 10)" 2>>"$OUT/gpu_bench.log"
+found=$?
+if [ "$found" -ne 0 ] && [ "$found" -ne 10 ]; then
     log "missing Python packages (see $OUT/gpu_bench.log); stopping"
     exit 3
 fi
@@ -52,7 +55,7 @@ if [ "$DRY_RUN" = "1" ]; then
     COMMON=(--ages 2 --repeats 1 --warmup 0 --threads 1)
     MODEL=(--device cpu)
     BACKEND=eager
-elif ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+elif [ "$found" -eq 10 ]; then
     log "no CUDA device visible; stopping (GPU_BENCH_DRY_RUN=1 checks the script on a CPU)"
     exit 4
 fi

@@ -15,7 +15,7 @@ script measures before anyone should rely on it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,12 +26,15 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 _COMPILED = "_cradle2cane_compiled"
 
 
-def compile_unet(model: Any, mode: str | None = "default", *, dynamic: bool | None = None,
-                 backend: str = "inductor", fullgraph: bool = False) -> Any:
+def compile_unet(model: Any, mode: str | None = "default", *, dynamic: bool | None = True,
+                 backend: str | Callable = "inductor", fullgraph: bool = False) -> Any:
     """Compile ``model.pipe.unet.forward`` with ``torch.compile`` (``mode=None`` restores eager).
 
-    ``dynamic=None`` lets torch decide after the first recompile (batch sizes vary within a sweep);
-    ``backend="eager"`` checks the mechanics without a compiler (tests). Returns ``model``."""
+    ``dynamic=True`` (default) compiles one graph for every batch size a sweep uses; the input is
+    handed over in the memory format of the UNet's weights, so callers' strides never force a
+    recompile (batch size 1 still gets its own graph, and so does pass 2's folded LoRA: expect
+    two or three compilations in the first sweep). ``backend="eager"`` checks the mechanics
+    without a compiler. Returns ``model``."""
     unet = model.pipe.unet
     if _COMPILED in vars(unet):  # undo first: never compile a compiled forward
         del unet.forward
@@ -43,7 +46,14 @@ def compile_unet(model: Any, mode: str | None = "default", *, dynamic: bool | No
     options: dict[str, Any] = {"backend": backend, "dynamic": dynamic, "fullgraph": fullgraph}
     if backend == "inductor":
         options["mode"] = mode
-    unet.forward = torch.compile(type(unet).forward.__get__(unet), **options)
+    compiled = torch.compile(type(unet).forward.__get__(unet), **options)
+
+    def forward(sample: torch.Tensor, *args, **kwargs):
+        weight = unet.conv_in.weight
+        layout = torch.channels_last if _is_nhwc(weight) else torch.contiguous_format
+        return compiled(sample.contiguous(memory_format=layout), *args, **kwargs)
+
+    unet.forward = forward
     setattr(unet, _COMPILED, mode)
     return model
 
@@ -65,7 +75,11 @@ def set_channels_last(model: Any, enabled: bool = True) -> Any:
     return model
 
 
+def _is_nhwc(weight: torch.Tensor) -> bool:
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 def is_channels_last(module: nn.Module) -> bool:
     """Whether the module's convolution weights are stored channels-last."""
-    weights = [p for p in module.parameters() if p.ndim == 4]
-    return bool(weights) and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    weights = [p for p in module.parameters() if p.ndim == 4 and p.shape[-2:] != (1, 1)]
+    return bool(weights) and all(_is_nhwc(w) for w in weights)

@@ -67,6 +67,9 @@ def register(subparsers) -> None:
     parser.add_argument("--memory", default="default",
                         help="comma-separated memory modes for sweep, per-age and single: default, offload, "
                              "low-vram (default: default)")
+    parser.add_argument("--reference-inference", action="store_true",
+                        help="run sweep, per-age and single with reference_inference=True (the reference script's "
+                             "input conversions), so their images match the reference loop's up to 8-bit rounding")
     parser.add_argument("--no-floor", dest="floor", action="store_false",
                         help="skip measuring the floor (each component alone at each batch size)")
     parser.add_argument("--profile", action="store_true",
@@ -171,7 +174,8 @@ def parse_options(args: argparse.Namespace) -> BenchOptions:
         if not path.parent.exists():
             raise UsageError(f"--json: the folder {path.parent} does not exist")
     run = RunSettings(ages=ages, source_age=source_age, gender=gender, seed=args.seed, batch_size=args.batch_size,
-                      repeats=args.repeats, warmup=args.warmup, profile=args.profile)
+                      repeats=args.repeats, warmup=args.warmup, profile=args.profile,
+                      reference_inference=args.reference_inference)
     return BenchOptions(run=run, variants=variants, memory=memory, floor=args.floor and "default" in memory)
 
 
@@ -352,7 +356,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             "dtype": dtype_name(model.dtype), "component_dtypes": M.component_dtypes(model),
             "parameters": M.parameter_counts(model), "attention": M.attention_report(model),
             "resolution": model.resolution, "ages": run.ages, "source_age": run.source_age,
-            "gender": run.gender, "seed": run.seed, "batch_size": run.batch_size,
+            "gender": run.gender, "seed": run.seed, "reference_inference": run.reference_inference,
+            "batch_size": run.batch_size,
             "batch_sizes": dataclasses.asdict(policy), "repeats": run.repeats, "warmup": run.warmup,
             "clock": bench.clock.kind, "torch_threads": torch.get_num_threads(),
             "compile": unet_compile_mode(model), "channels_last": is_channels_last(model.pipe.unet),

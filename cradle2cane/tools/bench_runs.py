@@ -43,17 +43,20 @@ def from_pil(images: Sequence) -> torch.Tensor:
 
 
 def reference_loop(model, face, ages: Sequence[int], source_age: int, gender: str, seed: int) -> list[tuple]:
-    """The reference inference loop on ``face`` (a PIL image); returns (aged, final) PIL pairs."""
+    """The reference inference loop on ``face`` (a PIL image); returns (aged, final) PIL pairs.
+
+    Its identity embedding prepares ArcFace and CLIP inputs as the script did (``reference_inference``).
+    Pass 2 draws its noise from the core's derived seed rather than the script's global generator:
+    the same work, and images comparable with the core's."""
     from ..method.lora import lora_enabled
-    from ..method.prompts import aging_prompt
-    from ..pipeline import FirstPassOutput
+    from ..method.plan import second_pass_seed
+    from ..method.prompts import age_text, aging_prompt
 
     pipe, settings = model.pipe, model.settings
     face_tensor = from_pil([face])
     results = []
     for age in ages:
         prompt = aging_prompt(age, gender)
-        strength = model.strength_for(source_age, age)
         pooled: list[torch.Tensor] = []
 
         def keep_pooled(pipeline, step, timestep, tensors):
@@ -61,19 +64,21 @@ def reference_loop(model, face, ages: Sequence[int], source_age: int, gender: st
             return {}
 
         with lora_enabled(pipe.unet, False):
-            aged = pipe(prompt=prompt, image=face, num_inference_steps=settings.infer_step, strength=strength,
-                        guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(seed),
-                        num_images_per_prompt=1, callback_on_step_end=keep_pooled,
+            aged = pipe(prompt=prompt, image=face, num_inference_steps=settings.infer_step,
+                        strength=model.strength_for(source_age, age), guidance_scale=1.0,
+                        generator=torch.Generator("cpu").manual_seed(seed), num_images_per_prompt=1,
+                        callback_on_step_end=keep_pooled,
                         callback_on_step_end_tensor_inputs=["latents", "add_text_embeds"]).images[0]
-        model.clip.clear_cache()  # the reference caches nothing between ages
-        first = FirstPassOutput(aged=from_pil([aged]), pooled_embeds=pooled[0], source_index=[0],
-                                source_ages=[source_age], target_ages=[age], genders=[gender],
-                                strengths=[strength], seeds=[seed])
-        conditioning = model.identity_embeddings(face_tensor, first)
+        model.clip.clear_cache()  # the script caches nothing; it encodes both age texts in one call
+        if age != source_age:
+            model.clip.text([age_text(source_age), age_text(age)])
+        with torch.no_grad():
+            conditioning = model.identity(face_tensor, from_pil([aged]), [0], [source_age], [age],
+                                          reference_inference=True)
         with lora_enabled(pipe.unet, True):
             final = pipe(prompt_embeds=conditioning, pooled_prompt_embeds=pooled[0].to(conditioning.device),
                          image=aged, num_inference_steps=settings.infer_step, strength=settings.id_strength,
-                         guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(seed),
+                         guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(second_pass_seed(seed)),
                          num_images_per_prompt=1).images[0]
         results.append((aged, final))
     return results
@@ -135,6 +140,7 @@ class RunSettings:
     repeats: int
     warmup: int
     profile: bool = False
+    reference_inference: bool = False
 
 
 class Bench:
@@ -150,7 +156,8 @@ class Bench:
 
     def _call(self, ages: Sequence[int]):
         o = self.o
-        return self.model(self.face, list(ages), o.source_age, o.gender, seed=o.seed, batch_size=o.batch_size)
+        return self.model(self.face, list(ages), o.source_age, o.gender, seed=o.seed, batch_size=o.batch_size,
+                          reference_inference=o.reference_inference)
 
     def run_variant(self, variant: str):
         o = self.o
