@@ -25,6 +25,7 @@ PYTHON="${PYTHON:-python}"
 BUDGET_S="${GPU_BENCH_BUDGET_S:-450}"
 STEPS="${GPU_BENCH_STEPS:-eager,offload,compiled,cudagraphs,profile}"
 DRY_RUN="${GPU_BENCH_DRY_RUN:-0}"
+rm -rf "$OUT/steps"  # this script's own folder: no step of an earlier run may leak into this one's JSON
 mkdir -p "$OUT/steps"
 log() { echo "[gpu_bench $(date +%H:%M:%S)] $*" | tee -a "$OUT/gpu_bench.log" >&2; }
 
@@ -76,7 +77,7 @@ step() {
     [ "$limit" -gt "$left" ] && limit=$left
     log "$name: up to ${limit}s"
     timeout "$limit" "$PYTHON" -m cradle2cane bench "${MODEL[@]}" "${COMMON[@]}" "$@" \
-        --json "$OUT/steps/$name.json" >"$OUT/steps/$name.txt" 2>"$OUT/steps/$name.log"
+        --json "$OUT/steps/$name.json" --overwrite >"$OUT/steps/$name.txt" 2>"$OUT/steps/$name.log"
     local rc=$?
     echo "exit $rc" >"$OUT/steps/$name.status"
     if [ "$rc" -ne 0 ]; then

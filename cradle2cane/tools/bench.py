@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..files.atomic import check_output, write_text_atomic
 from .arguments import UsageError, add_model_arguments, load_model
 from .bench_runs import VARIANTS, Bench, RunSettings, VariantResult
 
@@ -87,6 +88,7 @@ def register(subparsers) -> None:
     parser.add_argument("--json", dest="json_path", default=None,
                         help="also write the results as JSON to this file, or '-' for stdout (the table "
                              "then goes to stderr)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.set_defaults(func=_cmd_bench)
 
 
@@ -168,11 +170,9 @@ def parse_options(args: argparse.Namespace) -> BenchOptions:
         raise UsageError("the reference variant runs plain diffusers calls, only in the default memory mode; "
                          "add default to --memory or drop reference from --variants")
     if args.json_path not in (None, "-"):
-        path = Path(args.json_path)
-        if path.is_dir():
-            raise UsageError(f"--json {path} is a folder; give a file name such as {path / 'bench.json'}")
-        if not path.parent.exists():
-            raise UsageError(f"--json: the folder {path.parent} does not exist")
+        if not Path(args.json_path).parent.exists():
+            raise UsageError(f"--json: the folder {Path(args.json_path).parent} does not exist")
+        check_output(args.json_path, overwrite=args.overwrite, option="--json")
     run = RunSettings(ages=ages, source_age=source_age, gender=gender, seed=args.seed, batch_size=args.batch_size,
                       repeats=args.repeats, warmup=args.warmup, profile=args.profile,
                       reference_inference=args.reference_inference)
@@ -236,15 +236,13 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(report: dict[str, Any], target: str) -> None:
-    from ..files.atomic import write_text_atomic
-
+def _write_json(report: dict[str, Any], target: str, overwrite: bool) -> None:
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     if target == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        write_text_atomic(target, text)
+        write_text_atomic(target, text, overwrite=overwrite, option="--overwrite")
 
 
 # ----------------------------------------------------------------------------- command
@@ -367,5 +365,5 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         report = make_report(results, context, bench.differences(), floor)
     print(format_table(report), file=table_out, flush=True)
     if args.json_path is not None:
-        _write_json(report, args.json_path)
+        _write_json(report, args.json_path, args.overwrite)
     return 0
