@@ -306,12 +306,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from ..runtime import diagnostics as M
+    from ..runtime.acceleration import keep_freed_memory
     from ..runtime.batching import batch_sizes
     from ..runtime.precision import dtype_name, parse_dtype
     from ..testing.full_size import build_full_size_model
     from .bench_floor import floor_report, measure_floor
 
     options = parse_options(args)
+    keep_freed_memory()  # the bench owns its process: no page-fault storm on the CPU (runtime.acceleration)
     if not args.debug:  # the loaders' per-file progress bars would bury the table
         import transformers
 
