@@ -93,7 +93,7 @@ step cudagraphs 150 --variants sweep,single --no-floor --channels-last --compile
     --compile-backend "$BACKEND"
 step profile 60 --variants sweep --no-floor --profile --repeats 1
 
-# 4. one JSON: environment, every step, the summary against the issue's targets
+# 4. one JSON: environment, every step, the summary against the targets in docs/performance.md
 "$PYTHON" - "$OUT" "$DRY_RUN" <<'EOF' || { status=1; log "could not write gpu_bench.json"; }
 import json, platform, sys
 from pathlib import Path
@@ -129,7 +129,7 @@ summary = {
     "peak_mib": {"sweep": peak_mib("eager", "sweep"), "sweep+offload": peak_mib("offload", "sweep+offload"),
                  "single+offload": peak_mib("offload", "single+offload")},
 }
-# The issue's targets (512 px, fp16, 20 ages); checked only on the GPUs they name.
+# The targets of docs/performance.md (512 px, fp16, 20 ages); checked only on the GPUs they name.
 targets = {"H100": {"sweep_eager_s": 0.060, "sweep_compiled_s": 0.050, "single_s": 0.15, "offload_peak_mib": 8192},
            "A100": {"sweep_eager_s": 0.100}}
 met = {}

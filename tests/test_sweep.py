@@ -150,3 +150,29 @@ def test_sweep_shares_work(tiny_model, faces):
     assert max(spy.rows["vae_decoder"]) <= batch_size and max(spy.rows["unet"]) <= batch_size
     # ArcFace: the 2 inputs once, plus every aged image once (SVR-ArcFace)
     assert sum(spy.rows["arcface"]) == 2 + items
+
+
+def test_the_hot_path_never_walks_the_models_for_their_device_or_dtype(tiny_model, faces, monkeypatch):
+    """diffusers' ``ModelMixin.device``/``.dtype`` walk every module (about 23 ms each on the full-size
+    UNet with its LoRA): the sampler keeps both, so a sweep reads them no matter how many UNet calls
+    it makes, and transformers' models are asked a fixed number of times, not once per age."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    reads: dict[str, int] = defaultdict(int)
+    for cls in (ModelMixin, PreTrainedModel):
+        for name in ("device", "dtype"):
+            original = getattr(cls, name)
+
+            def counted(self, original=original, key=f"{cls.__name__}.{name}"):
+                reads[key] += 1
+                return original.fget(self)
+
+            monkeypatch.setattr(cls, name, property(counted))
+    per_run = []
+    for ages in ([20, 70], [5, 20, 35, 50, 65, 80]):
+        reads.clear()
+        tiny_model(faces[:1], ages, 30, "male", seed=0, batch_size=1)  # batch 1: a UNet call per row
+        per_run.append(dict(reads))
+    assert not any(k.startswith("ModelMixin") for run in per_run for k in run), per_run
+    assert per_run[0] == per_run[1], per_run
