@@ -122,9 +122,10 @@ def test_tiny_set_is_deterministic(tmp_path):
 
 
 def test_core_imports_cheaply_and_without_comfyui():
-    """The package and its command line import without torch & co; every module of the core imports
+    """The package and its command line (all subcommands) import without torch & co; every module of the core imports
     without ComfyUI."""
     code = ("import sys, pkgutil, importlib, cradle2cane, cradle2cane.tools.cli\n"
+            "cradle2cane.tools.cli.build_parser()\n"  # every subcommand registered, as `--help` does
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'insightface', 'onnxruntime', 'cv2')"
             " if m in sys.modules]\n"
             "assert not heavy, heavy\n"

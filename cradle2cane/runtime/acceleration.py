@@ -16,10 +16,11 @@ script measures before anyone should rely on it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it runs: the command line's --help names COMPILE_MODES
+    import torch
+    from torch import nn
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """``torch.compile`` modes; ``reduce-overhead`` and ``max-autotune`` use CUDA graphs."""
@@ -42,6 +43,8 @@ def compile_unet(model: Any, mode: str | None = "default", *, dynamic: bool | No
         delattr(unet, _COMPILED)
     if mode is None:
         return model
+    import torch
+
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)} (or None for eager), got {mode!r}")
     options: dict[str, Any] = {"backend": backend, "dynamic": dynamic, "fullgraph": fullgraph}
@@ -70,6 +73,8 @@ def set_channels_last(model: Any, enabled: bool = True) -> Any:
     channels-last activations. On GPUs tensor cores prefer it; on CPUs without native bf16/fp16
     it is what makes half-precision convolutions usable at all (docs/performance.md). Returns
     ``model``."""
+    import torch
+
     memory_format = torch.channels_last if enabled else torch.contiguous_format
     for module in model.components().values():
         module.to(memory_format=memory_format)
@@ -77,6 +82,8 @@ def set_channels_last(model: Any, enabled: bool = True) -> Any:
 
 
 def _is_nhwc(weight: torch.Tensor) -> bool:
+    import torch
+
     return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 

@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import torch
-
-from ..runtime.diagnostics import Clock, ModuleMeter
+if TYPE_CHECKING:  # torch is imported where it runs: `cradle2cane --help` stays light
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +29,7 @@ VARIANTS = ("sweep", "per-age", "reference", "single")
 
 def to_pil(images: torch.Tensor) -> list:
     """[N,3,H,W] 0..1 -> 8-bit PIL images."""
+    import numpy as np
     from PIL import Image
 
     array = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
@@ -38,6 +38,9 @@ def to_pil(images: torch.Tensor) -> list:
 
 def from_pil(images: Sequence) -> torch.Tensor:
     """8-bit PIL images -> [N,3,H,W] float32 0..1."""
+    import numpy as np
+    import torch
+
     return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
                         for im in images])
 
@@ -48,6 +51,8 @@ def reference_loop(model, face, ages: Sequence[int], source_age: int, gender: st
     Its identity embedding prepares ArcFace and CLIP inputs as the script did (``reference_inference``).
     Pass 2 draws its noise from the core's derived seed rather than the script's global generator:
     the same work, and images comparable with the core's."""
+    import torch
+
     from ..method.lora import lora_enabled
     from ..method.plan import second_pass_seed
     from ..method.prompts import age_text, aging_prompt
@@ -147,6 +152,8 @@ class Bench:
     """Runs variants on one model and face, alternating their order between repeats."""
 
     def __init__(self, model, face: torch.Tensor, settings: RunSettings) -> None:
+        from ..runtime.diagnostics import Clock
+
         self.model = model
         self.face = face  # [1,3,H,W] with 8-bit values, so the PIL input of ``reference`` is the same face
         self.face_pil = to_pil(face)[0]
@@ -170,12 +177,14 @@ class Bench:
     @staticmethod
     def images_of(variant: str, raw) -> tuple[torch.Tensor, torch.Tensor]:
         """(final, aged) [N,3,H,W] float32 on the CPU, whatever the variant returned."""
+        import torch
+
         if variant == "reference":
             return from_pil([final for _, final in raw]), from_pil([aged for aged, _ in raw])
         return torch.cat([r.images.float().cpu() for r in raw]), torch.cat([r.aged.float().cpu() for r in raw])
 
     def measure(self, result: VariantResult, timed: bool) -> None:
-        from ..runtime.diagnostics import peak_memory_mib, reset_peak_memory
+        from ..runtime.diagnostics import ModuleMeter, peak_memory_mib, reset_peak_memory
 
         self.model.clip.clear_cache()  # every run starts cold: no age texts from an earlier run
         reset_peak_memory(self.model.device)
@@ -251,4 +260,4 @@ class Bench:
 
 
 def _finite_or_none(value: float) -> float | None:
-    return value if np.isfinite(value) else None
+    return value if math.isfinite(value) else None
