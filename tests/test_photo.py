@@ -101,6 +101,40 @@ def test_cli_on_a_photo_keeps_its_size(real_models, real_faces, newton, tmp_path
     assert not (tmp_path / "never.png").exists()
 
 
+@pytest.mark.parametrize("stored_as", ["L", "RGB"])  # a grey file, and a grey picture kept in a colour file
+def test_cli_gives_a_grey_photo_back_grey_in_the_file_kind_it_came_in(real_models, newton, tmp_path, stored_as):
+    grey = tmp_path / "newton_grey.png"
+    Image.fromarray(newton).convert("L").convert(stored_as).save(grey)
+    out = tmp_path / "aged.png"
+    assert main(["age", str(grey), "--models", str(real_models), "--target-age", "70", "--out", str(out),
+                 "--quiet"]) == 0
+    with Image.open(out) as aged:
+        assert aged.mode == stored_as and aged.size == (newton.shape[1], newton.shape[0])
+        pixels = np.asarray(aged.convert("RGB"))
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    assert (pixels[..., 0] != np.asarray(Image.fromarray(newton).convert("L"))).sum() > 1000  # aged
+
+
+def test_cli_ages_a_grey_aligned_face_to_grey(tiny_models, tmp_path):
+    """--aligned skips detection: the aged crop is made grey as a pasted face is, in a strip too."""
+    rng = np.random.default_rng(0)
+    face = tmp_path / "face.png"
+    Image.fromarray(rng.integers(60, 200, (128, 128), dtype=np.uint8)).save(face)
+    common = ["--models", str(tiny_models), "--aligned", "--source-age", "30", "--gender", "female", "--quiet"]
+    assert main(["age", str(face), "--target-age", "60", "--out", str(tmp_path / "aged.png"), *common]) == 0
+    with Image.open(tmp_path / "aged.png") as aged:
+        assert aged.mode == "L" and aged.size == (128, 128)
+    assert main(["sweep", str(face), "--ages", "20,60", "--out", str(tmp_path / "strip.png"), *common]) == 0
+    with Image.open(tmp_path / "strip.png") as strip:
+        grid = np.asarray(strip.convert("RGB"))  # grey faces on white, labelled in grey ink
+    assert (grid[..., 0] == grid[..., 1]).all() and (grid[..., 1] == grid[..., 2]).all()
+    colour = tmp_path / "colour.png"
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(colour)
+    assert main(["age", str(colour), "--target-age", "60", "--out", str(tmp_path / "c.png"), *common]) == 0
+    with Image.open(tmp_path / "c.png") as aged:
+        assert aged.mode == "RGB"
+
+
 def test_skip_mode_passes_a_faceless_photo_through(tiny_model, detector, real_models, tmp_path, capsys):
     black = np.zeros((150, 200, 3), np.uint8)
     black[::7] = 30  # not flat, so "unchanged" means something

@@ -54,6 +54,13 @@ def face_mask(size: int, mask_scale: float = 0.9, feather: float = 0.1) -> np.nd
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """HxWx3 (or more channels: the first three count) -> HxW grey by :data:`LUMA`, in the input's
+    dtype (uint8 rounded, floats as they are)."""
+    grey = np.asarray(image)[..., :3].astype(np.float32) @ np.asarray(LUMA, np.float32)
+    return np.clip(grey + 0.5, 0, 255).astype(np.uint8) if image.dtype == np.uint8 else grey.astype(image.dtype)
+
+
 def is_greyscale(photo: np.ndarray) -> bool:
     """Whether ``photo`` (HxW, HxWxC; uint8, uint16 or float 0..1) holds no colour: one channel, or
     red, green and blue equal within :data:`GREY_TOLERANCE` levels everywhere."""
@@ -166,7 +173,7 @@ def _layer(array: np.ndarray, aged_face: np.ndarray, face: AlignedFace, feather:
     if not (mask > 0.0).any():
         return None
     if grey:
-        aged = np.repeat(aged @ np.asarray(LUMA, np.float32), 3).reshape(aged.shape)
+        aged = np.repeat(to_grey(aged)[..., None], 3, axis=2)
     warped = cv2.warpAffine(np.ascontiguousarray(aged), local, roi, flags=inverse_flags,
                             borderMode=cv2.BORDER_REFLECT)
     if color_match != "none":

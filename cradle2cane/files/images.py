@@ -134,9 +134,22 @@ def check_image_file(path: str | Path) -> Path:
     return path
 
 
+def _is_grey_mode(mode: str) -> bool:
+    return mode in ("1", "L", "I", "F") or mode.startswith("I;16")
+
+
+def stores_grey(path: str | Path) -> bool:
+    """Whether an image file (already read once by ``load_image``) stores one grey channel and no
+    alpha: results of such a photo are written as grey files too."""
+    from PIL import Image
+
+    with Image.open(path, formats=READ_FORMATS) as opened:  # the header only
+        return _is_grey_mode(opened.mode)
+
+
 def _pil_to_rgb_alpha(image: Any) -> tuple[np.ndarray, np.ndarray | None]:
     mode = image.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
+    if _is_grey_mode(mode) and mode not in ("1", "L"):
         values = np.asarray(image).astype(np.float64)
         if mode == "F" and values.size and values.max() <= 1.0:
             values = values * 255.0
@@ -192,7 +205,7 @@ _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 
 def save_image_atomic(image: np.ndarray, path: str | Path, *, overwrite: bool = True,
                       option: str = "--out") -> Path:
-    """Write an HxWx3 (or HxWx4 with alpha) uint8 image in the format its extension names, through
+    """Write an HxW (grey), HxWx3 or HxWx4 (with alpha) uint8 image in the format its extension names, through
     the atomic writer: a failure or a kill never leaves a half-written file, and with ``overwrite``
     off an existing file is refused. ``option``: the flag that named ``path``, for the messages."""
     from PIL import Image

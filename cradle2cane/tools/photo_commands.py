@@ -114,6 +114,7 @@ def detect_faces(args: argparse.Namespace, photo: np.ndarray) -> list:
 
 def age_images(args: argparse.Namespace, prepared: PreparedPhoto) -> list[np.ndarray]:
     """Load the model and age the photo (or the aligned face) to every target age."""
+    from ..faces.paste import is_greyscale, to_grey
     from ..files.images import to_tensor, to_uint8
     from ..photo import age_photo
 
@@ -127,7 +128,10 @@ def age_images(args: argparse.Namespace, prepared: PreparedPhoto) -> list[np.nda
         result = model(to_tensor(prepared.photo), prepared.targets, args.source_age, args.gender, seed=args.seed,
                        strength=args.strength, id_strength=args.id_strength, callback=progress,
                        reference_inference=args.reference_inference)
-        return [to_uint8(img) for img in result.images]
+        faces = [to_uint8(img) for img in result.images]
+        if is_greyscale(prepared.photo):  # a grey face comes back grey, as a grey photo does from age_photo
+            faces = [np.repeat(to_grey(face)[..., None], 3, axis=2) for face in faces]
+        return faces
     result = age_photo(model, prepared.photo, prepared.targets, detected=prepared.detected,
                        source_age=args.source_age, gender=args.gender, seed=args.seed, strength=args.strength,
                        id_strength=args.id_strength, alpha=prepared.alpha, callback=progress,
@@ -144,7 +148,8 @@ def age_images(args: argparse.Namespace, prepared: PreparedPhoto) -> list[np.nda
 
 
 def cmd_age(args: argparse.Namespace) -> int:
-    from ..files.images import output_format, save_image_atomic
+    from ..faces.paste import to_grey
+    from ..files.images import output_format, save_image_atomic, stores_grey
 
     def outputs_for(prepared: PreparedPhoto) -> list[Path]:
         paths = output_paths(args.out, args.out_text, args.image, prepared.targets)
@@ -153,8 +158,9 @@ def cmd_age(args: argparse.Namespace) -> int:
         return paths
 
     prepared, outputs = prepare(args, outputs_for)
+    grey = stores_grey(args.image)  # a grey file in, a grey file out
     for image, path in zip(age_images(args, prepared), outputs):
-        save_image_atomic(image, path, overwrite=args.overwrite)
+        save_image_atomic(to_grey(image) if grey else image, path, overwrite=args.overwrite)
         say(path)
     return 0
 
