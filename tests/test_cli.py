@@ -197,6 +197,21 @@ def test_outputs_get_the_usual_mode(tiny_models, photo, tmp_path, umask):
 # ----------------------------------------------------------------------------- failure order
 
 
+def test_a_photo_without_a_face_fails_without_importing_torch(tiny_models, faceless):
+    """Detection runs before anything heavy: a faceless photo is reported without torch, diffusers or
+    transformers ever being imported (torch alone costs seconds of start-up)."""
+    code = textwrap.dedent(f"""
+        import sys
+        from cradle2cane.tools.cli import main
+        rc = main(["age", {str(faceless)!r}, "--models", {str(tiny_models)!r}, "--target-age", "60",
+                   "--out", {str(faceless.with_name("never.png"))!r}, "--quiet"])
+        heavy = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]
+        assert rc == 1 and not heavy, (rc, heavy)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "tests")
+    assert done.returncode == 0, done.stderr
+    assert "no face found" in done.stderr and not faceless.with_name("never.png").exists()
+
 def test_failures_come_in_order_and_before_the_model_loads(tiny_models, photo, faceless, tmp_path, capsys,
                                                             no_model_load):
     """Each bad input is reported while everything after it is bad too: option values, then the

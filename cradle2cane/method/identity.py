@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it runs: reading hparams.yml (CLIP_MAP_METHODS) needs no torch
+    import torch
 
 CLIP_MAP_METHODS = ("angle", "vector")
 
@@ -16,6 +18,8 @@ def svr_arcface(hidden_states: torch.Tensor, alpha: float = 0.01, beta: float = 
     s * exp(alpha * s) * beta, and the input's row of the rebuilt matrix is returned ([C] or
     [B, C]). Computed in float32 whatever the input dtype.
     """
+    import torch
+
     if hidden_states.ndim not in (2, 3):
         raise ValueError(f"svr_arcface: expected [N, C] or [B, N, C] hidden states, got {tuple(hidden_states.shape)}")
     x = hidden_states.float()
@@ -28,6 +32,9 @@ def svr_arcface(hidden_states: torch.Tensor, alpha: float = 0.01, beta: float = 
 
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = 0.9995) -> torch.Tensor:
     """Spherical interpolation along the last dimension (linear when nearly parallel)."""
+    import torch
+    import torch.nn.functional as F
+
     v0n, v1n = F.normalize(v0, dim=-1), F.normalize(v1, dim=-1)
     dot = (v0n * v1n).sum(-1, keepdim=True).clamp(-1.0, 1.0)
     theta = torch.acos(dot)
@@ -48,6 +55,9 @@ def rotate_clip(image_feat: torch.Tensor, source_text_feat: torch.Tensor, target
     shift). When the two text features are equal the shift is zero and the (normalised) image
     feature comes back unchanged.
     """
+    import torch
+    import torch.nn.functional as F
+
     if method not in CLIP_MAP_METHODS:
         raise ValueError(f"rotate_clip: method must be one of {CLIP_MAP_METHODS}, got {method!r}")
     image = F.normalize(image_feat.float(), dim=-1)
