@@ -28,12 +28,12 @@ VARIANTS = ("sweep", "per-age", "reference", "single")
 
 
 def to_pil(images: torch.Tensor) -> list:
-    """[N,3,H,W] 0..1 -> 8-bit PIL images."""
-    import numpy as np
+    """[N,3,H,W] 0..1 -> 8-bit PIL images, rounded as diffusers makes them."""
     from PIL import Image
 
-    array = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    return [Image.fromarray(a) for a in array]
+    from ..method.reference import to_uint8
+
+    return [Image.fromarray(a) for a in to_uint8(images)]
 
 
 def from_pil(images: Sequence) -> torch.Tensor:
@@ -41,8 +41,9 @@ def from_pil(images: Sequence) -> torch.Tensor:
     import numpy as np
     import torch
 
-    return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                        for im in images])
+    from ..files.images import to_tensor
+
+    return torch.cat([to_tensor(np.array(im.convert("RGB"))) for im in images])  # a writable copy
 
 
 def reference_loop(model, face, ages: Sequence[int], source_age: int, gender: str, seed: int) -> list[tuple]:
