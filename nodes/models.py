@@ -133,27 +133,28 @@ def resolve_cradle2cane(name: str) -> tuple[Path, Path]:
         f"clip-vit-large-patch14/ and sdxl-vae-fp16-fix/ beside it; see docs/comfyui.md.")
 
 
-def _has_base(folder: Path) -> bool:
+def _base_in(folder: Path) -> Path | None:
+    """The SDXL-Turbo base the core finds in ``folder``, or None."""
     try:
-        W.find_base(folder)
+        return W.find_base(folder)
     except W.ModelFileError:
-        return False
-    return True
+        return None
 
 
 def resolve_base(choice: str, models_root: Path) -> Path | None:
     """The SDXL-Turbo base for a dropdown value; ``None`` lets the core find it in ``models_root``."""
     check_choice(choice, base_options, "Load Cradle2Cane", "base")
     if choice == BASE_AUTO:
-        if _has_base(models_root):
+        if _base_in(models_root) is not None:
             return None
         for name in W.BASE_SINGLE_FILES:
             path = folder_paths.get_full_path(CHECKPOINTS, name)
             if path:
                 return Path(path)
         for root in _roots(DIFFUSERS):
-            if _has_base(root):
-                return W.find_base(root)
+            base = _base_in(root)
+            if base is not None:
+                return base
         raise W.ModelFileError(
             f"Load Cradle2Cane: base 'auto' found no SDXL-Turbo: looked for {W.BASE_DIR}/ and "
             f"{' / '.join(W.BASE_SINGLE_FILES)} in {models_root}, the checkpoints folders "
