@@ -2,8 +2,8 @@
 
 Everything that can be checked cheaply is checked before the diffusion model loads, in this order:
 the option values (by the parser), the input image, the output path(s), the model files, and then
-the faces (the detector is small), so a wrong option or a photo without a face fails in about a
-second instead of after an 8 GB load.
+the faces (the detector is small, and torch is not imported for it), so a wrong option or a photo
+without a face fails within seconds instead of after an 8 GB load.
 """
 
 from __future__ import annotations
